@@ -1,0 +1,1 @@
+"""The ``gliomaseg`` command: the composition root that assembles every package's subcommands."""

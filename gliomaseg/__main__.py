@@ -1,0 +1,3 @@
+from gliomaseg.cli import main
+
+main()
