@@ -15,7 +15,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.errors import ConfigError
@@ -125,7 +133,9 @@ class ClassifyRule(_Section):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"match.{key}: invalid regular expression {pattern!r}: {exc}") from exc
+                raise ValueError(
+                    f"match.{key}: invalid regular expression {pattern!r}: {exc}"
+                ) from exc
         return v
 
 
@@ -268,7 +278,9 @@ class Settings(BaseSettings):
 
 def _check_aet(v: str) -> str:
     if not v or len(v) > 16 or not v.isascii() or "\\" in v or v != v.strip():
-        raise ValueError(f"AE title {v!r} must be 1-16 ASCII characters without backslash or padding")
+        raise ValueError(
+            f"AE title {v!r} must be 1-16 ASCII characters without backslash or padding"
+        )
     return v
 
 
@@ -294,7 +306,9 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         try:
             data = tomllib.loads(p.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"configuration file {p} does not exist (GLIOMASEG_CONFIG / --config)") from None
+            raise ConfigError(
+                f"configuration file {p} does not exist (GLIOMASEG_CONFIG / --config)"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {p} is not valid TOML: {exc}") from None
     if isinstance(data.get("peers"), dict):

@@ -34,7 +34,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], object], timeout_s: float = 30.0, interval_s: float = 0.1) -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout_s: float = 30.0, interval_s: float = 0.1
+) -> object:
     """Poll until predicate() is truthy; fail the test with a clear message on timeout."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -42,5 +44,7 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 30.0, interval_
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout_s} s: {getattr(predicate, '__name__', predicate)}")
+            pytest.fail(
+                f"condition not met within {timeout_s} s: {getattr(predicate, '__name__', predicate)}"
+            )
         time.sleep(interval_s)
