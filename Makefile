@@ -30,7 +30,7 @@ demo: setup
 system-deps:
 	@missing=""; \
 	for pair in echoscu:dcmtk Orthanc:orthanc dciodvfy:dicom3tools chromium:chromium docker-compose:docker-compose; do \
-	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
+	  cmd=$${pair%%:*}; command -v $$cmd >/dev/null || test -x /usr/sbin/$$cmd || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
