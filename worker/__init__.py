@@ -1,0 +1,1 @@
+"""The Celery worker: conversion, preprocessing, inference, outputs, sending."""
