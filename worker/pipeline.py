@@ -109,7 +109,13 @@ class MapBacker(Protocol):
 
 class OutputWriter(Protocol):
     def __call__(
-        self, natives: Mapping[str, Any], out_dir: Path, *, model_name: str, model_version: str
+        self,
+        natives: Mapping[str, Any],
+        out_dir: Path,
+        *,
+        model_name: str,
+        model_version: str,
+        references: Mapping[str, Any],
     ) -> WrittenOutputs: ...
 
 
@@ -307,7 +313,9 @@ class Pipeline:
                 brain_mask=getattr(prepared, "brain_mask", None),
             )
             labels = np.asarray(labels, dtype=np.uint8)
-            counts = {int(v): int(n) for v, n in zip(*np.unique(labels, return_counts=True), strict=True)}
+            counts = {
+                int(v): int(n) for v, n in zip(*np.unique(labels, return_counts=True), strict=True)
+            }
             info["detail"] = f"model {segmenter.name} {segmenter.version}; voxels {counts}"
         _atomic_write(work / LABELS_FILE, lambda fh: np.save(fh, labels))
         model = {"name": segmenter.name, "version": segmenter.version}
@@ -339,7 +347,11 @@ class Pipeline:
         out_dir = self.spool.outputs_dir(job_id)
         with self.step(job_id, "outputs") as info:
             written = self.deps.write_outputs(
-                natives, out_dir, model_name=model["name"], model_version=model["version"]
+                natives,
+                out_dir,
+                model_name=model["name"],
+                model_version=model["version"],
+                references=state["volumes"],
             )
             info["detail"] = f"{len(written.paths)} files; volumes_ml {written.volumes_ml}"
         outputs = dict(written.outputs)
@@ -550,26 +562,29 @@ def write_output_files(
     *,
     model_name: str,
     model_version: str,
+    references: Mapping[str, Any] | None = None,
     seg: bool = True,
     sr: bool = True,
     overlay: bool = True,
 ) -> WrittenOutputs:
     """Build SEG, SR and overlay for each reference role and write them under ``out_dir/<role>/``.
 
-    Volumes (mL) come from the first reference role (T1c by default). Files are replaced atomically;
-    the same job written twice gives the same files (deterministic UIDs).
+    Volumes (mL) come from the first reference role (T1c by default). Files are named from their
+    SOPInstanceUID and replaced atomically, so the same job written twice gives the same files.
+    ``references`` (role -> converted Volume) supplies the overlay's grey levels when the source
+    datasets carry no pixels.
     """
     from worker.outputs.overlay import build_overlay
     from worker.outputs.seg import build_seg
     from worker.outputs.sr import build_sr
     from worker.outputs.volumes import region_volumes_ml
+    from worker.outputs.writer import write_datasets
 
     paths: list[Path] = []
     series: dict[str, dict[str, str]] = {}
     volumes_ml: dict[str, float] = {}
     for i, (role, native) in enumerate(natives.items()):
         role_dir = out_dir / role
-        role_dir.mkdir(parents=True, exist_ok=True)
         role_volumes = {
             k: float(v) for k, v in region_volumes_ml(native.labels, native.datasets).items()
         }
@@ -578,7 +593,7 @@ def write_output_files(
         series[role] = {}
         seg_ds = build_seg(native, model_name=model_name, model_version=model_version)
         if seg:
-            paths.append(_save(seg_ds, role_dir / "seg.dcm"))
+            paths += write_datasets([seg_ds], role_dir / "seg")
             series[role]["seg"] = str(seg_ds.SeriesInstanceUID)
         if sr:
             sr_ds = build_sr(
@@ -588,14 +603,19 @@ def write_output_files(
                 model_name=model_name,
                 model_version=model_version,
             )
-            paths.append(_save(sr_ds, role_dir / "sr.dcm"))
+            paths += write_datasets([sr_ds], role_dir / "sr")
             series[role]["sr"] = str(sr_ds.SeriesInstanceUID)
         if overlay:
-            sc = build_overlay(native.labels, native.datasets, model_version=model_version)
-            sc_dir = role_dir / "overlay"
-            sc_dir.mkdir(exist_ok=True)
-            for k, ds in enumerate(sc):
-                paths.append(_save(ds, sc_dir / f"{k:04d}.dcm"))
+            reference = (references or {}).get(role)
+            sc = build_overlay(
+                native.labels,
+                native.datasets,
+                model_name=model_name,
+                model_version=model_version,
+                images=_reference_pixels(native, reference),
+                volumes_ml=role_volumes,
+            )
+            paths += write_datasets(sc, role_dir / "overlay")
             if sc:
                 series[role]["overlay"] = str(sc[0].SeriesInstanceUID)
     return WrittenOutputs(
@@ -603,9 +623,17 @@ def write_output_files(
     )
 
 
-def _save(ds: Any, path: Path) -> Path:
-    _atomic_write(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
-    return path
+def _reference_pixels(native: Any, reference: Any) -> np.ndarray | None:
+    """(n_slices, Rows, Columns) grey levels in ``native.datasets`` order, when they lack pixels."""
+    datasets = list(native.datasets)
+    if not datasets or "PixelData" in datasets[0] or reference is None:
+        return None
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(reference.image)  # (z, y, x) = slice, row, column
+    index = {str(uid): k for k, uid in enumerate(reference.sop_uids)}
+    order = [index[str(ds.SOPInstanceUID)] for ds in datasets]
+    return array[order].astype(np.float32)
 
 
 def default_deps(settings: Any, segmenter: ModelSegmenter | None = None) -> Deps:
