@@ -1,0 +1,359 @@
+"""The SCP edge: build the pynetdicom Application Entity and its event handlers.
+
+The handlers receive their dependencies (a :class:`Receiver`), write ``event.encoded_dataset()``
+to the spool (fsynced) before answering Success, and never raise: every failure becomes a named
+DICOM status. Callers are checked at association (allow-list of "AET" or "AET@IP"), and refused
+with the standard reason code (1, 1, 3: calling AE title not recognised).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
+
+from config.logs import ref
+from dicom_node.routing import (
+    PROCESSED_SOP_CLASSES,
+    SopDisposition,
+    ignored_sop_classes,
+    sop_disposition,
+)
+from dicom_node.spool import Spool, SpoolFullError
+
+log = logging.getLogger(__name__)
+
+# Transfer syntaxes accepted for the MR classes (decoders for all are installed).
+MR_TRANSFER_SYNTAXES: list[str] = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+
+class Status:
+    """The C-STORE statuses the node answers (PS3.4 B.2.3 and PS3.7 C)."""
+
+    SUCCESS = 0x0000
+    REFUSED_SOP_CLASS_NOT_SUPPORTED = 0x0122
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    PROCESSING_FAILURE = 0x0110
+
+
+# A-ASSOCIATE-RJ (result, source, reason): rejected-permanent, service-user, ...
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # calling AE title not recognised
+
+
+@dataclass(frozen=True)
+class Received:
+    """One instance durably spooled (handed to the node's index)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    calling_ae: str
+    calling_ip: str
+    created: bool  # False: a duplicate of an instance already spooled
+    headers: Dataset  # the instance without PixelData
+
+
+class Receiver(Protocol):
+    """What the SCP needs from the node process."""
+
+    spool: Spool
+
+    def received(self, item: Received) -> None: ...
+
+    def audit(
+        self, event: str, *, job_id: str | None = None, detail: dict | None = None
+    ) -> None: ...
+
+
+def allowed(calling_ae: str, calling_ip: str, allow_list: Sequence[str]) -> bool:
+    """Allow-list entries are "AET" (any address) or "AET@IP"; empty allows everyone."""
+    if not allow_list:
+        return True
+    ae = calling_ae.strip()
+    for entry in allow_list:
+        name, _, ip = entry.partition("@")
+        if name.strip() == ae and (not ip or ip.strip() == calling_ip):
+            return True
+    return False
+
+
+def tls_context(cert: Any, key: Any, ca: Any = None) -> ssl.SSLContext:
+    """Server-side TLS context; with ``ca``, callers must present a certificate it signed."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    if ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=str(ca))
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def build_ae(
+    ae_title: str,
+    *,
+    require_called_aet: bool = True,
+    max_associations: int = 16,
+    network_timeout_s: float = 60.0,
+    maximum_pdu_size: int = 0,
+) -> AE:
+    """The Application Entity: Verification, MR storage (processed), SEG/SR/SC (ignored)."""
+    ae = AE(ae_title=ae_title)
+    ae.require_called_aet = require_called_aet
+    ae.maximum_associations = max_associations
+    ae.network_timeout = network_timeout_s
+    ae.acse_timeout = network_timeout_s
+    ae.dimse_timeout = network_timeout_s
+    # 0 = no limit: the peer may send whole instances in few large PDUs, far less per-PDU work.
+    ae.maximum_pdu_size = maximum_pdu_size
+    ae.add_supported_context(Verification)
+    for uid in PROCESSED_SOP_CLASSES:
+        ae.add_supported_context(uid, MR_TRANSFER_SYNTAXES)
+    for uid in ignored_sop_classes(_STORAGE_CLASSES.values()):
+        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+class Handlers:
+    """pynetdicom event handlers bound to a Receiver and the association policy."""
+
+    def __init__(
+        self,
+        receiver: Receiver,
+        *,
+        allow_list: Sequence[str] = (),
+        run_loop_delay_s: float | None = 0.0,
+    ) -> None:
+        self.receiver = receiver
+        self.allow_list = list(allow_list)
+        self.run_loop_delay_s = run_loop_delay_s
+
+    def as_list(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_CONN_OPEN, self.on_conn_open),
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+        ]
+
+    # -- association ---------------------------------------------------------------------------
+    def on_conn_open(self, event: Any) -> None:
+        try:
+            sock = event.assoc.dul.socket.socket
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.run_loop_delay_s is not None:
+                # Private API (pinned pynetdicom 3.0.4): the DUL loop sleeps 1 ms whenever it
+                # finds no PDU; measured in bench/node_bench.py.
+                event.assoc.dul._run_loop_delay = self.run_loop_delay_s
+        except Exception:  # never let socket tuning break an association
+            log.warning("could not tune the accepted socket", exc_info=True)
+
+    def on_requested(self, event: Any) -> None:
+        assoc = event.assoc
+        calling_ae = _aet(assoc.requestor.primitive.calling_ae_title)
+        calling_ip = assoc.requestor.address
+        if allowed(calling_ae, calling_ip, self.allow_list):
+            return
+        log.warning(
+            "association rejected: calling AE not in dicom.allowed_calling_aets",
+            extra={"calling_ae": calling_ae, "calling_ip": calling_ip, "reason": "1-1-3"},
+        )
+        self._audit(
+            "association_rejected",
+            {
+                "calling_ae": calling_ae,
+                "calling_ip": calling_ip,
+                "reason": "calling AE not allowed",
+            },
+        )
+        assoc.acse.send_reject(*REJECT_CALLING_AE)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
+    def on_accepted(self, event: Any) -> None:
+        assoc = event.assoc
+        calling_ae = _aet(assoc.requestor.ae_title)
+        refused = sorted({cx.abstract_syntax for cx in assoc.rejected_contexts})
+        log.info(
+            "association accepted",
+            extra={
+                "calling_ae": calling_ae,
+                "calling_ip": assoc.requestor.address,
+                "refused_sop_classes": ",".join(_name(u) for u in refused) or "-",
+            },
+        )
+        detail: dict[str, Any] = {"calling_ae": calling_ae, "calling_ip": assoc.requestor.address}
+        if refused:
+            detail["refused_sop_classes"] = refused
+        self._audit("association", detail)
+
+    def on_echo(self, event: Any) -> int:
+        return Status.SUCCESS
+
+    # -- storage -------------------------------------------------------------------------------
+    def on_store(self, event: Any) -> int:
+        try:
+            return self._store(event)
+        except Exception as exc:  # nothing crashes the node
+            log.error(
+                "C-STORE failed unexpectedly",
+                extra={"error": type(exc).__name__, "sop_ref": _sop_ref(event)},
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            return Status.PROCESSING_FAILURE
+
+    def _store(self, event: Any) -> int:
+        request = event.request
+        sop_class = str(request.AffectedSOPClassUID or "")
+        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        disposition = sop_disposition(sop_class)
+        if disposition is SopDisposition.ignore:
+            log.debug("ignored our own kind of object", extra={"sop_class": _name(sop_class)})
+            return Status.SUCCESS
+        if disposition is SopDisposition.refuse:
+            log.warning("refused SOP class", extra={"sop_class": _name(sop_class)})
+            return Status.REFUSED_SOP_CLASS_NOT_SUPPORTED
+        data = event.encoded_dataset()
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))
+            problem = _check(ds, sop_class, sop_uid)
+        except Exception as exc:
+            log.warning(
+                "C-STORE refused: dataset cannot be parsed",
+                extra={"error": type(exc).__name__, "sop_ref": ref(sop_uid), "n_bytes": len(data)},
+            )
+            return Status.CANNOT_UNDERSTAND
+        if problem:
+            log.warning(
+                "C-STORE refused: " + problem, extra={"sop_ref": ref(sop_uid), "n_bytes": len(data)}
+            )
+            return (
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+                if "match" in problem or "missing" in problem
+                else Status.CANNOT_UNDERSTAND
+            )
+        study_uid = str(ds.StudyInstanceUID)
+        series_uid = str(ds.SeriesInstanceUID)
+        try:
+            stored = self.receiver.spool.store(study_uid, series_uid, sop_uid, data)
+        except SpoolFullError:
+            log.error("C-STORE answered Out of Resources: spool below spool.min_free_mb")
+            return Status.OUT_OF_RESOURCES
+        except OSError as exc:
+            log.error(
+                "C-STORE answered Out of Resources: spool write failed",
+                extra={"error": type(exc).__name__, "errno": exc.errno},
+            )
+            return Status.OUT_OF_RESOURCES
+        if "PixelData" in ds:
+            del ds.PixelData
+        for tag in ("FloatPixelData", "DoubleFloatPixelData"):
+            if tag in ds:
+                delattr(ds, tag)
+        self.receiver.received(
+            Received(
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_uid=sop_uid,
+                sop_class_uid=sop_class,
+                calling_ae=_aet(event.assoc.requestor.ae_title),
+                calling_ip=event.assoc.requestor.address,
+                created=stored.created,
+                headers=ds,
+            )
+        )
+        return Status.SUCCESS
+
+    def _audit(self, event: str, detail: dict[str, Any]) -> None:
+        try:
+            self.receiver.audit(event, detail=detail)
+        except Exception:
+            log.error("audit write failed", extra={"event": event}, exc_info=True)
+
+
+def _check(ds: Dataset, sop_class: str, sop_uid: str) -> str | None:
+    """A reason to refuse the dataset, or None. Reasons never quote patient data."""
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        if not str(ds.get(kw, "") or "").strip():
+            return f"{kw} missing or empty"
+    if str(ds.SOPInstanceUID) != sop_uid:
+        return "SOPInstanceUID does not match the C-STORE request's Affected SOP Instance UID"
+    if str(ds.SOPClassUID) != sop_class:
+        return "SOPClassUID does not match the C-STORE request's Affected SOP Class UID"
+    # Truncation: an element whose value is shorter than its declared length.
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
+        raw = ds.get_item(tag)
+        length = getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if (
+            isinstance(value, bytes | bytearray)
+            and length is not None
+            and length != 0xFFFFFFFF
+            and len(value) < length
+        ):
+            return f"element {tag} truncated: {len(value)} of {length} bytes"
+    return None
+
+
+def _aet(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value or "").strip()
+
+
+def _name(uid: str) -> str:
+    for name, value in _STORAGE_CLASSES.items():
+        if value == uid:
+            return name
+    return uid
+
+
+def _sop_ref(event: Any) -> str:
+    try:
+        return ref(str(event.request.AffectedSOPInstanceUID))
+    except Exception:
+        return "-"
