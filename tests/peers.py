@@ -12,6 +12,7 @@ Nothing here sleeps for a fixed time: every wait polls with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -214,7 +215,7 @@ class Service:
         extra_env: Mapping[str, str] | None = None,
     ) -> Service:
         """Environment for an isolated service: spool in ``root``, unique queue names, free port."""
-        root.mkdir(parents=True, exist_ok=True)
+        (root / "spool").mkdir(parents=True, exist_ok=True)
         tag = uuid.uuid4().hex[:8]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GLIOMASEG_")}
         env.update(
@@ -316,10 +317,8 @@ class Service:
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the whole process group of ``name`` (a worker and its pool children)."""
         proc = self.procs[name]
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=60)
 
     def stop(self, name: str, timeout_s: float = 30) -> None:

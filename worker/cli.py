@@ -153,13 +153,13 @@ def resend(ctx: click.Context, job_id: str, retries: int) -> None:
     settings = settings_from(ctx)
     store, p = _store_and_pipeline(settings)
     job = _get_job(store, job_id)
-    if not settings.outputs.destinations:
-        raise click.ClickException("no destinations configured (outputs.destinations)")
     if not (job.outputs or {}).get("files"):
         raise click.ClickException(
             f"job {job_id} is {job_state(job)} and has no outputs to send; "
             f"`gliomaseg retry {job_id}` processes it again"
         )
+    if not settings.outputs.destinations:
+        raise click.ClickException("no destinations configured (outputs.destinations)")
     p.options = dataclasses.replace(p.options, send_retries=retries)
     _audit(store, "resend", job_id)
     attempt = 0
