@@ -282,8 +282,16 @@ class Node:
         return roles, list(data["series"])
 
     # -- process ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Rebuild, re-send queued jobs, start the SCP and the completion loop (non-blocking)."""
+    @property
+    def port(self) -> int:
+        """The TCP port the SCP listens on (useful when configured as 0)."""
+        return int(self._server.server_address[1])
+
+    def start(self, *, loop: bool = True) -> None:
+        """Rebuild, re-send queued jobs, start the SCP and the completion loop (non-blocking).
+
+        ``loop=False`` leaves completion to explicit :meth:`tick` calls (tests with a clock).
+        """
         d = self.settings.dicom
         if not d.allowed_calling_aets:
             log.warning(
@@ -321,8 +329,9 @@ class Node:
                 "spool": str(self.spool.root),
             },
         )
-        self._thread = threading.Thread(target=self._loop, name="completion", daemon=True)
-        self._thread.start()
+        if loop:
+            self._thread = threading.Thread(target=self._loop, name="completion", daemon=True)
+            self._thread.start()
 
     def _loop(self) -> None:
         poll_s = self.settings.completion.poll_s
