@@ -15,7 +15,7 @@ SUBCOMMANDS: dict[str, str] = {
     "config": "config.cli:config_group",
     "node": "dicom_node.cli:node",
     "echo": "dicom_node.cli:echo",
-    "classify": "dicom_node.cli:classify",
+    "classify": "dicom_node.classify_cli:classify",
     "jobs": "dicom_node.cli:jobs",
     "job": "dicom_node.cli:job",
     "worker": "worker.cli:worker",
