@@ -168,7 +168,11 @@ def check_labels(labels: np.ndarray, datasets: Sequence[pydicom.Dataset]) -> np.
         )
     if arr.dtype.kind not in "iub":
         raise OutputsError(f"labels must be integers; got dtype {arr.dtype}")
-    present = {int(v) for v in np.unique(arr)}
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 1:
+        counts = np.bincount(arr.ravel(), minlength=256)
+        present = {int(v) for v in np.flatnonzero(counts)}
+    else:
+        present = {int(v) for v in np.unique(arr)}
     unknown = present - LABEL_VALUES
     if unknown:
         raise OutputsError(f"labels must take values in {{0, 1, 2, 4}}; got also {sorted(unknown)}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import highdicom as hd
@@ -116,13 +117,19 @@ def selected_slices(
     return [int(order[j]) for j in np.flatnonzero(keep)]
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    inner = mask.copy()
-    inner[1:, :] &= mask[:-1, :]
-    inner[:-1, :] &= mask[1:, :]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    return mask & ~inner
+_LUT = np.zeros((256, 3), np.uint8)
+for _value, _colour in LABEL_RGB.items():
+    _LUT[_value] = _colour
+
+
+def _edges(big: np.ndarray) -> np.ndarray:
+    """Labelled pixels with a 4-neighbour of another value (outline of every region)."""
+    edge = np.zeros(big.shape, bool)
+    edge[1:, :] |= big[1:, :] != big[:-1, :]
+    edge[:-1, :] |= big[:-1, :] != big[1:, :]
+    edge[:, 1:] |= big[:, 1:] != big[:, :-1]
+    edge[:, :-1] |= big[:, :-1] != big[:, 1:]
+    return edge & (big > 0)
 
 
 def _font(size_px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -132,64 +139,75 @@ def _font(size_px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def render_slice(
-    grey: np.ndarray,
-    labels: np.ndarray,
-    *,
-    zoom: int,
-    title: str,
-    legend: Sequence[tuple[tuple[int, int, int], str]],
-    note: str | None = None,
-) -> np.ndarray:
-    """One RGB uint8 picture: greyscale slice, blended labels, banner, title and legend."""
-    rows, cols = grey.shape
-    img = Image.fromarray(grey).resize((cols * zoom, rows * zoom), Image.Resampling.BILINEAR)
-    rgb = np.repeat(np.asarray(img, dtype=np.float32)[..., None], 3, axis=2)
-    big = np.kron(labels, np.ones((zoom, zoom), np.uint8)) if zoom > 1 else labels
-    for value, colour in LABEL_RGB.items():
-        mask = big == value
-        if not mask.any():
-            continue
-        c = np.asarray(colour, np.float32)
-        rgb[mask] = rgb[mask] * (1 - ALPHA) + c * ALPHA
-        rgb[_outline(mask)] = c
-    canvas = Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(canvas, "RGBA")
-    width, height = canvas.size
-    size = max(10, round(min(width, height) / 30))
-    font = _font(size)
-    pad = max(2, size // 3)
-    # banner across the top
+@dataclass(frozen=True)
+class _Layout:
+    """What every picture of a series shares: size, fonts, and banner + legend drawn once."""
+
+    size: tuple[int, int]  # (width, height)
+    static: Image.Image  # RGBA: banner and legend on transparent
+    title_xy: tuple[int, int]
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont
+    small: ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+
+def _layout(size: tuple[int, int], legend: Sequence[tuple[tuple[int, int, int], str]]) -> _Layout:
+    width, height = size
+    static = Image.new("RGBA", size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(static)
+    px = max(10, round(min(width, height) / 30))
+    font, small = _font(px), _font(max(9, round(px * 0.8)))
+    pad = max(2, px // 3)
     bbox = draw.textbbox((0, 0), BANNER, font=font)
     bw, bh = bbox[2] - bbox[0], bbox[3] - bbox[1]
     draw.rectangle((0, 0, width, bh + 2 * pad + 2), fill=(150, 0, 0, 210))
-    draw.text(((width - bw) // 2, pad - bbox[1]), BANNER, fill=(255, 255, 255), font=font)
-    y = bh + 3 * pad + 2
-    small = _font(max(9, round(size * 0.8)))
+    draw.text(((width - bw) // 2, pad - bbox[1]), BANNER, fill=(255, 255, 255, 255), font=font)
+    line_h = px + pad
+    top = height - (line_h * len(legend) + pad) - pad
+    text_w = max(draw.textbbox((0, 0), text, font=small)[2] for _, text in legend)
+    draw.rectangle((pad, top, pad * 3 + px + text_w + pad, height - pad), fill=(0, 0, 0, 170))
+    for i, (colour, text) in enumerate(legend):
+        ty = top + pad + i * line_h
+        draw.rectangle((2 * pad, ty, 2 * pad + px - 2, ty + px - 2), fill=(*colour, 255))
+        draw.text((3 * pad + px, ty), text, fill=(255, 255, 255, 255), font=small)
+    return _Layout(size, static, (pad, bh + 3 * pad + 2), font, small)
+
+
+def render_slice(
+    grey: np.ndarray, labels: np.ndarray, layout: _Layout, *, title: str, note: str | None = None
+) -> np.ndarray:
+    """One RGB uint8 picture: greyscale slice, blended labels, banner, title and legend."""
+    size = layout.size
+    grey_big = Image.fromarray(grey).resize(size, Image.Resampling.BILINEAR)
+    rgb = np.repeat(np.asarray(grey_big)[..., None], 3, axis=2)
+    if labels.any():
+        big = np.asarray(Image.fromarray(labels).resize(size, Image.Resampling.NEAREST))
+        mask = big > 0
+        colour = _LUT[big[mask]].astype(np.float32)
+        rgb[mask] = (rgb[mask] * (1 - ALPHA) + colour * ALPHA + 0.5).astype(np.uint8)
+        edge = _edges(big)
+        rgb[edge] = _LUT[big[edge]]
+    canvas = Image.fromarray(rgb, "RGB").convert("RGBA")
+    canvas.alpha_composite(layout.static)
+    draw = ImageDraw.Draw(canvas)
     draw.text(
-        (pad, y), title, fill=(255, 255, 255), font=small, stroke_width=1, stroke_fill=(0, 0, 0)
+        layout.title_xy,
+        title,
+        fill=(255, 255, 255),
+        font=layout.small,
+        stroke_width=1,
+        stroke_fill=(0, 0, 0),
     )
     if note:
-        sb = draw.textbbox((0, 0), note, font=font)
+        sb = draw.textbbox((0, 0), note, font=layout.font)
         draw.text(
-            ((width - (sb[2] - sb[0])) // 2, height // 2),
+            ((size[0] - (sb[2] - sb[0])) // 2, size[1] // 2),
             note,
             fill=(255, 255, 255),
-            font=font,
+            font=layout.font,
             stroke_width=2,
             stroke_fill=(0, 0, 0),
         )
-    # legend at the bottom left
-    line_h = size + pad
-    box_h = line_h * len(legend) + pad
-    top = height - box_h - pad
-    text_w = max(draw.textbbox((0, 0), text, font=small)[2] for _, text in legend)
-    draw.rectangle((pad, top, pad * 3 + size + text_w + pad, height - pad), fill=(0, 0, 0, 170))
-    for i, (colour, text) in enumerate(legend):
-        ty = top + pad + i * line_h
-        draw.rectangle((2 * pad, ty, 2 * pad + size - 2, ty + size - 2), fill=colour)
-        draw.text((3 * pad + size, ty), text, fill=(255, 255, 255), font=small)
-    return np.asarray(canvas, dtype=np.uint8)
+    return np.asarray(canvas.convert("RGB"), dtype=np.uint8)
 
 
 def build_overlay(
@@ -252,6 +270,7 @@ def build_overlay(
             ((255, 255, 255), f"Whole tumour  {float(volumes_ml[Region.WHOLE_TUMOR.value]):.1f} mL")
         )
 
+    layout = _layout((cols * zoom, rows * zoom), legend)
     source = datasets[0]
     src_series = str(source.SeriesInstanceUID)
     seed = src_series if instance_uid_seed is None else f"{src_series}|{instance_uid_seed}"
@@ -266,12 +285,7 @@ def build_overlay(
         grey = np.clip((pixels[k] - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         title = f"{model_name} {version} - slice {rank[k] + 1}/{total}"
         picture = render_slice(
-            grey,
-            arr[k],
-            zoom=zoom,
-            title=title,
-            legend=legend,
-            note="No tumour found" if empty else None,
+            grey, arr[k], layout, title=title, note="No tumour found" if empty else None
         )
         ds = datasets[k]
         try:
