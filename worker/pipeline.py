@@ -24,6 +24,7 @@ so a message delivered twice does no harm (output UIDs are deterministic, so a r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ TERMINAL_STATES = frozenset({"delivered", "failed", "delivery_failed"})
 PREPARED_FILE = "prepared.pkl"
 LABELS_FILE = "labels.npy"
 MODEL_FILE = "model.json"
+INPUT_PREFIX = "input_"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +281,11 @@ class Pipeline:
                     )
                 role_dir = work / "convert" / role
                 role_dir.mkdir(parents=True, exist_ok=True)
-                volumes[role] = self.deps.convert(files, role_dir)
+                try:
+                    volumes[role] = self.deps.convert(files, role_dir)
+                except PermanentError as exc:
+                    exc.args = (f"{role} series {ref(roles[role])}: {exc}",)
+                    raise
             info["detail"] = ", ".join(f"{role}: {_describe(volumes[role])}" for role in ROLES)
         with self.step(job_id, "preprocess") as info:
             prepared = self.deps.prepare(
@@ -289,12 +295,21 @@ class Pipeline:
                 registration=self.options.registration,
             )
             info["detail"] = _describe_prepared(prepared)
+        # The model's inputs go to .npy files (read by the segment stage only); the rest, which
+        # map-back needs, to a small pickle with the reference volumes.
+        images = dict(prepared.images)
+        for role, array in images.items():
+            _atomic_write(work / f"{INPUT_PREFIX}{role}.npy", lambda fh, a=array: np.save(fh, a))
+        light = prepared
+        if dataclasses.is_dataclass(prepared) and any(
+            f.name == "images" for f in dataclasses.fields(prepared)
+        ):
+            light = dataclasses.replace(prepared, images={})
         keep = {role: volumes[role] for role in self.options.reference_roles}
+        state = {"volumes": keep, "prepared": light, "roles": list(images)}
         _atomic_write(
             work / PREPARED_FILE,
-            lambda fh: pickle.dump(
-                {"volumes": keep, "prepared": prepared}, fh, protocol=pickle.HIGHEST_PROTOCOL
-            ),
+            lambda fh: pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL),
         )
         return True
 
@@ -305,10 +320,11 @@ class Pipeline:
         work = self.spool.work_dir(job_id)
         state = self._load_prepared(work)
         prepared = state["prepared"]
+        images = {role: np.load(work / f"{INPUT_PREFIX}{role}.npy") for role in state["roles"]}
         segmenter = self.deps.segmenter()
         with self.step(job_id, "segment") as info:
             labels = segmenter(
-                prepared.images,
+                images,
                 tuple(float(s) for s in prepared.spacing_mm),
                 brain_mask=getattr(prepared, "brain_mask", None),
             )
