@@ -209,7 +209,6 @@ def ingest(
 ) -> Any:
     """Turn an upload into a queued job (or a failed one with its reason); returns the Job."""
     from dicom_node.classify import assign_roles, series_infos_from_dir
-
     from dicom_node.jobs import JobState
 
     scratch = spool.tmp / f"upload-{uuid.uuid4().hex}"
