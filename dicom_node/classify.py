@@ -55,8 +55,8 @@ Rule table (applied per series, in this order)
    ``ohne``), then post-contrast words (``+C``, ``C+``, ``post``, ``Gd``, ``Gad``, ``gado*``,
    ``contrast``, ``KM``, ``CE``, ``MDC``, ``enhanced``, ``T1c``, ``w/ c``, agent names such as
    Gadavist, Dotarem, MultiHance).
-6. **Tie-breaks** when several series fit one role, in order: assigned by an admin rule; stronger
-   evidence (conclusive physics over description or scanner label alone); axial; thinner slices;
+6. **Tie-breaks** when several series fit one role, in order: assigned by an admin rule; for T1,
+   the same protocol as the chosen T1c (a matched pre/post pair); stronger evidence (conclusive physics over description or scanner label alone); axial; thinner slices;
    more slices; the later series (SeriesDate/SeriesTime, then SeriesNumber). When no series has
    contrast evidence, **the later of two identical T1 protocols** (same sequence type, sequence
    name, TR/TE/TI within 5 %, orientation and slice thickness) is taken as the post-contrast one
@@ -172,14 +172,32 @@ def _empty(value: Any) -> bool:
     return isinstance(value, MultiValue | list | tuple) and len(value) == 0
 
 
+def _value(item: pydicom.Dataset, key: Any) -> Any:
+    """An element's value, or None when absent, empty or not decodable (bad VR content)."""
+    try:
+        if key not in item:
+            return None
+        value = item[key].value
+    except Exception:  # a malformed value must not stop the classification
+        return None
+    return None if _empty(value) else value
+
+
+def _elements(item: pydicom.Dataset) -> Iterable[pydicom.DataElement]:
+    for tag in list(item.keys()):
+        try:
+            yield item[tag]
+        except Exception:
+            continue
+
+
 def _deep(item: pydicom.Dataset, keyword: str, depth: int) -> Any:
-    if keyword in item:
-        value = item[keyword].value
-        if not _empty(value):
-            return value
+    value = _value(item, keyword)
+    if value is not None:
+        return value
     if depth <= 0:
         return None
-    for elem in item:
+    for elem in _elements(item):
         if elem.VR != "SQ" or not elem.value:
             continue
         if elem.keyword and _SKIP_SEQUENCES.match(elem.keyword):
@@ -193,17 +211,19 @@ def _deep(item: pydicom.Dataset, keyword: str, depth: int) -> Any:
 def lookup(ds: pydicom.Dataset, keyword: str) -> Any:
     """A header value: top level, then the shared and first per-frame functional groups
     (enhanced multi-frame), then other nested (including private) sequences. None when absent."""
-    for name in _ALIASES.get(keyword, (keyword,)):
-        if name in ds and not _empty(ds[name].value):
-            return ds[name].value
-    for name in _ALIASES.get(keyword, (keyword,)):
+    names = _ALIASES.get(keyword, (keyword,))
+    for name in names:
+        value = _value(ds, name)
+        if value is not None:
+            return value
+    for name in names:
         for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-            seq = ds.get(group)
+            seq = _value(ds, group)
             if seq:
                 found = _deep(seq[0], name, 3)
                 if found is not None:
                     return found
-    for name in _ALIASES.get(keyword, (keyword,)):
+    for name in names:
         found = _deep(ds, name, 3)
         if found is not None:
             return found
@@ -256,7 +276,7 @@ def _sequence_name(ds: pydicom.Dataset) -> str:
 
 
 def _private_sequence_name(item: pydicom.Dataset, depth: int) -> str | None:
-    for elem in item:
+    for elem in _elements(item):
         if elem.VR == "SQ":
             if depth > 0 and elem.value:
                 found = _private_sequence_name(elem.value[0], depth - 1)
@@ -365,7 +385,7 @@ def _when(ds: pydicom.Dataset, number: int | None) -> tuple[str, int]:
         ("AcquisitionDate", "AcquisitionTime"),
         ("ContentDate", "ContentTime"),
     ):
-        date, time = ds.get(date_kw), ds.get(time_kw)
+        date, time = _value(ds, date_kw), _value(ds, time_kw)
         if date and time:
             t = str(time).replace(":", "")
             whole, _, frac = t.partition(".")
@@ -378,15 +398,15 @@ def _when(ds: pydicom.Dataset, number: int | None) -> tuple[str, int]:
 
 def features(info: SeriesInfo) -> Features:
     ds = info.headers
-    description = str(ds.get("SeriesDescription", "") or "").strip()
-    protocol = str(ds.get("ProtocolName", "") or "").strip()
+    description = str(_value(ds, "SeriesDescription") or "").strip()
+    protocol = str(_value(ds, "ProtocolName") or "").strip()
     text = f"{description} | {protocol}".lower()
-    number = ds.get("SeriesNumber")
+    number = _value(ds, "SeriesNumber")
     try:
         series_number = int(number) if number not in (None, "") else None
     except (TypeError, ValueError):
         series_number = None
-    frames = _float(ds.get("NumberOfFrames")) or 1
+    frames = _float(_value(ds, "NumberOfFrames")) or 1
     agent, contrast_no = _contrast(ds)
     b_value = _float(lookup(ds, "DiffusionBValue"))
     return Features(
@@ -394,9 +414,9 @@ def features(info: SeriesInfo) -> Features:
         series_number=series_number,
         description=description or protocol,
         text=text,
-        modality=str(ds.get("Modality", "") or "").upper(),
-        sop_class=str(ds.get("SOPClassUID", "") or ""),
-        manufacturer=str(ds.get("Manufacturer", "") or ""),
+        modality=str(_value(ds, "Modality") or "").upper(),
+        sop_class=str(_value(ds, "SOPClassUID") or ""),
+        manufacturer=str(_value(ds, "Manufacturer") or ""),
         image_type=_tokens(lookup(ds, "ImageType")),
         scanning=set(_tokens(lookup(ds, "ScanningSequence"))),
         variant=set(_tokens(lookup(ds, "SequenceVariant"))),
@@ -456,8 +476,8 @@ _EXCLUDE_TEXT: list[tuple[str, re.Pattern[str]]] = [
     (
         "diffusion",
         re.compile(
-            r"(?<![a-z])(?:dwi|dti|diff|diffusion|adc|e?adc|trace|tracew|tensor|fa|colfa|"
-            r"exp|dki|ivim|resolve)(?![a-z])|(?<![a-z])b\s*=?\s*\d{2,4}(?![0-9])|"
+            r"(?<![a-z])(?:dwi|dti|diff|diffusion|adc|e?adc|trace|tracew|tensor|colfa|"
+            r"exp|dki|ivim|resolve)(?![a-z])|(?<![a-z])fa(?![a-z0-9])|(?<![a-z])b\s*=?\s*\d{2,4}(?![0-9])|"
             r"(?<![a-z0-9])\d{3,4}\s*b(?![a-z])|apparent diffusion"
         ),
     ),
@@ -483,10 +503,10 @@ _EXCLUDE_TEXT: list[tuple[str, re.Pattern[str]]] = [
     ),
     (
         "SWI/phase",
-        _kw("swi", "swan", "swip", "swi\\w*", "pha", "phase", "venobold", "suscept\\w*"),
+        _kw("swi", "swan", "pha", "phase", "venobold", "suscept\\w*", "swi_\\w+"),
     ),
     ("MIP/MinIP", _kw("mip", "minip", "mnip", "min ip")),
-    ("fMRI/EPI", _kw("bold", "fmri", "rs[-_ ]?fmri", "resting", "rest", "task", "epi", "ep2d")),
+    ("fMRI/EPI", _kw("bold", "fmri", "rs[-_ ]?fmri", "resting", "epi", "ep2d")),
     (
         "angiography",
         _kw("tof", "mra", "mrv", "angio\\w*", "venogram", "pc[-_ ]?mra", "ce[-_ ]?mra"),
@@ -519,7 +539,7 @@ _EXCLUDE_CONTRAST = {
 _DESC_NONE: list[tuple[str, re.Pattern[str]]] = [
     (
         "T2*-weighted gradient echo",
-        re.compile(r"t2\s*\*|(?<![a-z])(?:t2[-_ ]?star|gre|hemo\w*|fl2d_t2)(?![a-z])"),
+        re.compile(r"t2\s*\*|(?<![a-z])(?:t2[-_ ]?star|hemo\w*)(?![a-z])"),
     ),
     ("proton density", re.compile(r"(?<![a-z])(?:pd|pdw|pdwi|proton[-_ ]?density)(?![a-z])")),
     ("STIR", _kw("stir")),
@@ -531,7 +551,7 @@ _T1_TEXT = re.compile(
 )
 _T2_TEXT = re.compile(r"(?:(?<![a-z0-9])|(?<=3d))t2(?![0-9*])")
 _FLAIR_TEXT = re.compile(
-    r"(?<![a-z])(?:flair|dark[-_ ]?fluid|darkfluid|fluid[-_ ]?att\w*|fla|space[-_ ]?flair)"
+    r"(?<![a-z])(?:flair|dark[-_ ]?fluid|darkfluid|fluid[-_ ]?att\w*|fla|da[-_ ]?fl)"
     r"(?![a-z])|flair"
 )
 
@@ -542,8 +562,8 @@ _PRE_TEXT = re.compile(
     r"(?<![a-z0-9])-\s?c(?![a-z+])"
 )
 _POST_TEXT = re.compile(
-    r"\+\s*(?:c|gd|gad|gado|contrast|km|ce|mdc|k)(?![a-z])|(?<![a-z])c\s*\+|"
-    r"(?<![a-z])(?:post|postcontrast|postgad|postgd|post[-_ ]?gad|post[-_ ]?gd|gad|gado\w*|gd|"
+    r"\+\s*(?:c|gd|gad|gado|contrast|km|ce|mdc)(?![a-z])|(?<![a-z])c\s*\+|"
+    r"(?<![a-z])(?:post|postcon\w*|postgad|postgd|post[-_ ]?gad|post[-_ ]?gd|gad|gado\w*|gd|"
     r"gadolinium|contrast[eo]?|km|kontrast\w*|ce|mdc|enhanced|w/\s*c|wc|with[-_ ]?contrast|"
     r"with[-_ ]?gad|con[-_ ]?contraste|dotarem|gadavist|gadovist|magnevist|multihance|prohance|"
     r"omniscan|clariscan|elucirem|vueway|gadoterate|gadobutrol)(?![a-z])|"
@@ -588,7 +608,8 @@ def _exclusion(f: Features) -> str | None:
         if word:
             return f"{label} (description '{f.description}': '{word}')"
     word = _search(_REFORMAT_TEXT, f.text)
-    if word and not (types and types[0] == "ORIGINAL"):
+    # Siemens names some 3D MPRAGE acquisitions "t1_mpr_...": an ORIGINAL 3D acquisition is kept.
+    if word and not (types and types[0] == "ORIGINAL" and f.acquisition_type == "3D"):
         return f"MPR/reformat (description '{f.description}': '{word}')"
     seq = f.sequence_name.lower().lstrip("*")
     if "EP" in f.scanning or f.epi_flag or re.match(r"ep(?:fid|se|_|2d|3d|i)", seq):
@@ -716,6 +737,8 @@ def _from_description(f: Features) -> _Verdict:
         return _Verdict("T1", f"T1: description '{f.description}'", False)
     if _search(_T2_TEXT, text):
         return _Verdict("T2", f"T2: description '{f.description}'", False)
+    if word := _search(_kw("gre", "t2\\*?[-_ ]?gre", "fl2d", "medic", "merge"), text):
+        return _Verdict(None, f"gradient echo without T1 (description '{f.description}')", False)
     return _Verdict(None, f"description '{f.description}' names no role", False)
 
 
@@ -773,15 +796,26 @@ def _same_protocol(a: Features, b: Features) -> bool:
     )
 
 
-def _rank(c: _Candidate) -> tuple[Any, ...]:
+def _rank(c: _Candidate, partner: Features | None = None) -> tuple[Any, ...]:
+    """Preference order; ``partner`` is the chosen T1c when ranking T1 candidates."""
     slice_mm = c.f.slice_mm if c.f.slice_mm is not None else math.inf
-    return (c.by_rule, c.evidence, c.f.orientation == "AX", -slice_mm, c.f.n_slices, c.f.when)
+    pairs = partner is not None and _same_protocol(c.f, partner)
+    return (
+        c.by_rule,
+        pairs,
+        c.evidence,
+        c.f.orientation == "AX",
+        -slice_mm,
+        c.f.n_slices,
+        c.f.when,
+    )
 
 
-def _why_preferred(win: _Candidate, lose: _Candidate) -> str:
-    a, b = _rank(win), _rank(lose)
+def _why_preferred(win: _Candidate, lose: _Candidate, partner: Features | None) -> str:
+    a, b = _rank(win, partner), _rank(lose, partner)
     labels = [
         "assigned by an admin rule",
+        "same protocol as the chosen T1c",
         "stronger evidence (conclusive physics)",
         f"axial over {lose.f.orientation or 'unknown orientation'}",
         f"thinner slices ({_fmt(win.f.slice_mm)} mm vs {_fmt(lose.f.slice_mm)} mm)",
@@ -800,8 +834,23 @@ def _label(f: Features) -> str:
 
 def assign_roles(series: Sequence[SeriesInfo], rules: Sequence[ClassifyRule]) -> Classification:
     """Decide T1, T1c, T2 and FLAIR for the series of one study (see the module docstring)."""
+    feats = []
+    unreadable: list[SeriesDecision] = []
+    for s in series:
+        try:
+            feats.append(features(s))
+        except Exception as exc:  # a header we cannot interpret loses nothing else
+            unreadable.append(
+                SeriesDecision(
+                    s.series_uid,
+                    None,
+                    "",
+                    None,
+                    f"not chosen: header not readable ({type(exc).__name__}: {exc})",
+                )
+            )
     feats = sorted(
-        (features(s) for s in series),
+        feats,
         key=lambda f: (f.series_number is None, f.series_number or 0, f.when, f.series_uid),
     )
     reasons: dict[str, str] = {}
@@ -899,19 +948,23 @@ def assign_roles(series: Sequence[SeriesInfo], rules: Sequence[ClassifyRule]) ->
     _infer_post_contrast(candidates)
 
     chosen: dict[Role, str | None] = {}
-    for role in Role:
+    t1c: Features | None = None
+    for role in (Role.T1C, Role.T1, Role.T2, Role.FLAIR):
         group = [c for c in candidates if c.role is role]
         if not group:
             chosen[role] = None
             continue
-        best = max(group, key=_rank)
+        partner = t1c if role is Role.T1 else None
+        best = max(group, key=lambda c: _rank(c, partner))
+        if role is Role.T1C:
+            t1c = best.f
         chosen[role] = best.f.series_uid
         reasons[best.f.series_uid] = best.reason
         for c in group:
             if c is not best:
                 reasons[c.f.series_uid] = (
                     f"not chosen: {c.reason} — {_label(best.f)} preferred "
-                    f"({_why_preferred(best, c)})"
+                    f"({_why_preferred(best, c, partner)})"
                 )
     decisions = []
     by_uid = {uid: role for role, uid in chosen.items() if uid is not None}
@@ -925,7 +978,9 @@ def assign_roles(series: Sequence[SeriesInfo], rules: Sequence[ClassifyRule]) ->
                 reason=reasons.get(f.series_uid, "not chosen"),
             )
         )
-    return Classification(roles=chosen, series=decisions)
+    return Classification(
+        roles={role: chosen[role] for role in Role}, series=decisions + unreadable
+    )
 
 
 def _infer_post_contrast(candidates: list[_Candidate]) -> None:
@@ -978,22 +1033,22 @@ def series_infos_from_dir(path: Path) -> list[SeriesInfo]:
         except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, AttributeError):
             skipped += 1
             continue
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        uid = str(_value(ds, "SeriesInstanceUID") or "")
         if not uid:
             skipped += 1
             continue
-        number = ds.get("InstanceNumber")
+        number = _value(ds, "InstanceNumber")
         try:
             rank = int(number) if number not in (None, "") else 1 << 30
         except (TypeError, ValueError):
             rank = 1 << 30
-        sops.setdefault(uid, set()).add(str(ds.get("SOPInstanceUID", file)))
+        sops.setdefault(uid, set()).add(str(_value(ds, "SOPInstanceUID") or file))
         if uid not in reps or rank < reps[uid][0]:
             reps[uid] = (rank, ds)
     if skipped:
         log.info("classify: skipped non-DICOM or unreadable files", extra={"count": skipped})
     infos = [SeriesInfo(uid, ds, len(sops[uid])) for uid, (_, ds) in reps.items()]
-    infos.sort(key=lambda s: (_float(s.headers.get("SeriesNumber")) or 0, s.series_uid))
+    infos.sort(key=lambda s: (_float(_value(s.headers, "SeriesNumber")) or 0, s.series_uid))
     return infos
 
 
