@@ -147,3 +147,28 @@ def test_brats_series_outputs_validate(datasets, grid, tmp_path):
         out = pydicom.dcmread(path, stop_before_pixels=True)
         assert out.PatientName == "CANARY^PHI" and out.PatientID == "CANARY-ID-0042"
         assert out.StudyInstanceUID == ds[0].StudyInstanceUID
+
+
+def test_multiframe_source_outputs_validate(tmp_path):
+    """Enhanced MR source: SEG frames point at source frames; SR and overlay validate too."""
+    from tests.unit.outputs_support import make_enhanced_mr
+
+    series = make_mr_series(12, 32, 32)
+    mf = make_enhanced_mr(series, reverse=True)
+    labels = make_labels(12, 32, 32)
+    frames = [12 - k for k in range(12)]
+
+    @dataclass(frozen=True)
+    class MultiFrameNative:
+        labels: np.ndarray
+        datasets: list[pydicom.Dataset]
+        frame_numbers: list[int]
+
+    datasets = [mf] * 12
+    seg = build_seg(MultiFrameNative(labels, datasets, frames), model_version=VERSION)
+    volumes = region_volumes_ml(labels, datasets, frames)
+    sr = build_sr(volumes, seg, datasets, model_version=VERSION)
+    sc = build_overlay(labels, datasets, model_version=VERSION, frame_numbers=frames)
+    for path in write_datasets([seg, sr, *sc], tmp_path):
+        assert dciodvfy_errors(path) == [], path
+    assert volumes == region_volumes_ml(labels, series)

@@ -148,3 +148,82 @@ def make_labels(
     labels[d < 0.6] = 4
     labels[d < 0.35] = 1
     return labels
+
+
+def make_enhanced_mr(series: list[pydicom.Dataset], *, reverse: bool = False) -> pydicom.Dataset:
+    """One Enhanced MR Image (multi-frame) holding the slices of ``series`` as frames.
+
+    Plane position per frame, orientation and pixel measures shared, as scanners write them.
+    ``reverse`` stores the frames in descending position (frame 1 = last slice).
+    """
+    from pydicom.sequence import Sequence as Seq
+
+    slices = list(reversed(series)) if reverse else list(series)
+    first = slices[0]
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
+    uid = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    for keyword in (
+        "SpecificCharacterSet",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "Modality",
+        "Manufacturer",
+        "ReferringPhysicianName",
+        "StudyDescription",
+        "SeriesDescription",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyID",
+        "SeriesNumber",
+        "FrameOfReferenceUID",
+        "PositionReferenceIndicator",
+        "Rows",
+        "Columns",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "PatientPosition",
+    ):
+        setattr(ds, keyword, first[keyword].value)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
+    ds.SOPInstanceUID = uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.ContentDate, ds.ContentTime = "20260101", "101010"
+    ds.AcquisitionDateTime = "20260101101010"
+    ds.NumberOfFrames = len(slices)
+    shared = pydicom.Dataset()
+    measures = pydicom.Dataset()
+    measures.PixelSpacing = first.PixelSpacing
+    measures.SliceThickness = first.SliceThickness
+    measures.SpacingBetweenSlices = first.SpacingBetweenSlices
+    orient = pydicom.Dataset()
+    orient.ImageOrientationPatient = first.ImageOrientationPatient
+    shared.PixelMeasuresSequence = Seq([measures])
+    shared.PlaneOrientationSequence = Seq([orient])
+    ds.SharedFunctionalGroupsSequence = Seq([shared])
+    per_frame = []
+    for k, s in enumerate(slices):
+        item = pydicom.Dataset()
+        pos = pydicom.Dataset()
+        pos.ImagePositionPatient = s.ImagePositionPatient
+        item.PlanePositionSequence = Seq([pos])
+        content = pydicom.Dataset()
+        content.DimensionIndexValues = [k + 1]
+        item.FrameContentSequence = Seq([content])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Seq(per_frame)
+    ds.PixelData = b"".join(s.PixelData for s in slices)
+    return ds

@@ -104,3 +104,21 @@ def test_orientation_letters():
     assert orientation_letters([1, 0, 0]) == "L"
     assert orientation_letters([0, -1, 0]) == "A"
     assert orientation_letters([0, 0.94, -0.34]) == "PF"
+
+
+def test_multiframe_source_pixels_and_frame_references():
+    from tests.unit.outputs_support import make_enhanced_mr
+
+    series = make_mr_series(12, 32, 32)
+    labels = make_labels(12, 32, 32)
+    mf = make_enhanced_mr(series, reverse=True)
+    frames = [12 - k for k in range(12)]
+    multi = build_overlay(labels, [mf] * 12, model_version=VERSION, frame_numbers=frames)
+    single = build_overlay(labels, series, model_version=VERSION)
+    assert len(multi) == len(single)
+    for a, b in zip(multi, single, strict=True):
+        np.testing.assert_array_equal(a.pixel_array, b.pixel_array)
+        k = [s.SOPInstanceUID for s in series].index(
+            b.SourceImageSequence[0].ReferencedSOPInstanceUID
+        )
+        assert a.SourceImageSequence[0].ReferencedFrameNumber == 12 - k

@@ -145,3 +145,32 @@ def test_no_patient_identifiers_in_logs(caplog):
     assert caplog.records, "expected highdicom to log at least its empty-frame notice"
     for phi in (CANARY_NAME, CANARY_ID, "CANARY", "ACC-CANARY-7", "19600101"):
         assert phi not in text
+
+
+def test_multiframe_source_reads_back_by_frame(tmp_path):
+    """Enhanced MR (one instance, frames stored in descending position): slice k is frame 12 - k."""
+    from tests.unit.outputs_support import make_enhanced_mr
+
+    series = make_mr_series(12, 32, 32)
+    mf = make_enhanced_mr(series, reverse=True)
+    labels = make_labels(12, 32, 32)
+    frames = [12 - k for k in range(12)]
+
+    @dataclass(frozen=True)
+    class MultiFrameNative:
+        labels: np.ndarray
+        datasets: list[pydicom.Dataset]
+        frame_numbers: list[int]
+
+    seg = build_seg(MultiFrameNative(labels, [mf] * 12, frames), model_version=VERSION)
+    [path] = write_datasets([seg], tmp_path)
+    back = hd.seg.segread(path).get_pixels_by_source_frame(
+        str(mf.SOPInstanceUID),
+        source_frame_numbers=frames,
+        combine_segments=False,
+        skip_overlap_checks=True,
+        assert_missing_frames_are_empty=True,  # empty frames are omitted
+    )
+    np.testing.assert_array_equal(labels_from_segments(back), labels)
+    with pytest.raises(OutputsError, match="needs frame_numbers"):
+        build_seg(Native(labels, [mf] * 12), model_version=VERSION)

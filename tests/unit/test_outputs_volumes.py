@@ -95,3 +95,13 @@ def test_derived_uids_are_deterministic_and_distinct():
     assert a not in others and len(others) == 5
     assert derived_uid("x", 1) == derived_uid("x", "1")
     assert len(a) <= 64 and all(part.isdigit() for part in a.split("."))
+
+
+def test_multiframe_source_volumes_equal_single_frame():
+    from tests.unit.outputs_support import make_enhanced_mr
+
+    series = make_mr_series(10, 16, 16, oblique_deg=10, slice_mm=4.0)
+    labels = make_labels(10, 16, 16)
+    mf = make_enhanced_mr(series, reverse=True)
+    frames = [10 - k for k in range(10)]
+    assert region_volumes_ml(labels, [mf] * 10, frames) == region_volumes_ml(labels, series)

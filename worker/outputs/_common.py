@@ -97,20 +97,76 @@ class SliceGeometry:
         return out
 
 
-def _floats(ds: pydicom.Dataset, keyword: str, n: int, index: int) -> np.ndarray:
-    value = ds.get(keyword)
-    if value is None or len(value) != n:
+def _floats(value: object, keyword: str, n: int, index: int) -> np.ndarray:
+    if value is None or not hasattr(value, "__len__") or len(value) != n:  # type: ignore[arg-type]
+        raise OutputsError(f"source slice {index}: {keyword} must have {n} values; got {value!r}")
+    return np.asarray([float(v) for v in value], dtype=float)  # type: ignore[union-attr]
+
+
+def is_multiframe(ds: pydicom.Dataset) -> bool:
+    return int(ds.get("NumberOfFrames", 1) or 1) > 1
+
+
+def frame_attribute(
+    ds: pydicom.Dataset, frame_number: int | None, seq: str, keyword: str
+) -> object:
+    """``keyword`` of frame ``frame_number`` (1-based): per-frame group, shared group, then top level."""
+    sources = []
+    if frame_number is not None:
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        if per_frame is None or not 1 <= frame_number <= len(per_frame):
+            raise OutputsError(
+                f"frame {frame_number} has no PerFrameFunctionalGroupsSequence item "
+                f"({len(per_frame) if per_frame else 0} items)"
+            )
+        sources.append(per_frame[frame_number - 1])
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        if shared:
+            sources.append(shared[0])
+    for source in sources:
+        if seq in source and source[seq].value and keyword in source[seq].value[0]:
+            return source[seq].value[0][keyword].value
+    return ds.get(keyword)
+
+
+def frame_numbers_for(
+    datasets: Sequence[pydicom.Dataset], frame_numbers: Sequence[int] | None
+) -> list[int | None]:
+    """Per slice: the 1-based frame of a multi-frame source, or None for single-frame instances."""
+    if frame_numbers is None:
+        if any(is_multiframe(ds) for ds in datasets):
+            raise OutputsError(
+                "a multi-frame source needs frame_numbers (the frame each label slice lies on)"
+            )
+        return [None] * len(datasets)
+    if len(frame_numbers) != len(datasets):
         raise OutputsError(
-            f"source instance {index}: {keyword} must have {n} values; got {value!r}"
+            f"frame_numbers must have one entry per slice; got {len(frame_numbers)} for "
+            f"{len(datasets)} slices"
         )
-    return np.asarray([float(v) for v in value], dtype=float)
+    return [int(f) for f in frame_numbers]
 
 
-def slice_geometry(datasets: Sequence[pydicom.Dataset]) -> SliceGeometry:
-    """Geometry of a single-frame series; rejects mixed orientations and duplicate positions."""
+def slice_geometry(
+    datasets: Sequence[pydicom.Dataset], frame_numbers: Sequence[int] | None = None
+) -> SliceGeometry:
+    """Geometry of the source slices; rejects mixed orientations and duplicate positions.
+
+    Single-frame instances, or one multi-frame instance (repeated per slice) with the 1-based
+    ``frame_numbers`` of each slice (plane position/orientation/pixel measures from its
+    functional groups).
+    """
     if not datasets:
         raise OutputsError("no source instances given")
-    iop0 = _floats(datasets[0], "ImageOrientationPatient", 6, 0)
+    frames = frame_numbers_for(datasets, frame_numbers)
+
+    def iop(k: int) -> np.ndarray:
+        value = frame_attribute(
+            datasets[k], frames[k], "PlaneOrientationSequence", "ImageOrientationPatient"
+        )
+        return _floats(value, "ImageOrientationPatient", 6, k)
+
+    iop0 = iop(0)
     row_cos, col_cos = iop0[:3], iop0[3:]
     normal = np.cross(row_cos, col_cos)
     norm = float(np.linalg.norm(normal))
@@ -119,21 +175,27 @@ def slice_geometry(datasets: Sequence[pydicom.Dataset]) -> SliceGeometry:
     normal = normal / norm
     positions = np.empty(len(datasets))
     for k, ds in enumerate(datasets):
-        iop = _floats(ds, "ImageOrientationPatient", 6, k)
-        if not np.allclose(iop, iop0, atol=1e-4):
+        iop_k = iop(k)
+        if not np.allclose(iop_k, iop0, atol=1e-4):
             raise OutputsError(
-                f"source instances must share one ImageOrientationPatient; instance {k} has "
-                f"{list(iop)}, instance 0 {list(iop0)}"
+                f"source slices must share one ImageOrientationPatient; slice {k} has "
+                f"{list(iop_k)}, slice 0 {list(iop0)}"
             )
-        positions[k] = float(np.dot(_floats(ds, "ImagePositionPatient", 3, k), normal))
+        ipp = frame_attribute(ds, frames[k], "PlanePositionSequence", "ImagePositionPatient")
+        positions[k] = float(np.dot(_floats(ipp, "ImagePositionPatient", 3, k), normal))
     if len(datasets) > 1:
         gaps = np.diff(np.sort(positions))
         if np.any(gaps < 1e-3):
             raise OutputsError(
-                "source instances must lie at distinct positions along the slice normal; "
+                "source slices must lie at distinct positions along the slice normal; "
                 f"smallest gap {float(gaps.min()):.4f} mm"
             )
-    spacing = _floats(datasets[0], "PixelSpacing", 2, 0)
+    spacing = _floats(
+        frame_attribute(datasets[0], frames[0], "PixelMeasuresSequence", "PixelSpacing"),
+        "PixelSpacing",
+        2,
+        0,
+    )
     if np.any(spacing <= 0):
         raise OutputsError(f"PixelSpacing must be positive; got {list(spacing)}")
     return SliceGeometry(normal, positions, float(spacing[0]), float(spacing[1]))

@@ -40,6 +40,8 @@ from ._common import (
     Region,
     check_labels,
     copy_patient_study,
+    frame_attribute,
+    frame_numbers_for,
     package_version,
     slice_geometry,
 )
@@ -68,23 +70,38 @@ def orientation_letters(direction: Sequence[float]) -> str:
     return "".join(letters) or "L"
 
 
-def source_pixels(datasets: Sequence[pydicom.Dataset]) -> np.ndarray:
-    """(n, Rows, Columns) float32 stored values x RescaleSlope + RescaleIntercept."""
+def source_pixels(
+    datasets: Sequence[pydicom.Dataset], frame_numbers: Sequence[int] | None = None
+) -> np.ndarray:
+    """(n, Rows, Columns) float32 stored values x RescaleSlope + RescaleIntercept.
+
+    For a multi-frame source, slice k is frame ``frame_numbers[k]`` (1-based) with its own
+    Pixel Value Transformation when the functional groups carry one.
+    """
+    frames = frame_numbers_for(datasets, frame_numbers)
+    decoded: dict[str, np.ndarray] = {}
     out = []
-    for k, ds in enumerate(datasets):
+    for k, (ds, frame) in enumerate(zip(datasets, frames, strict=True)):
         if "PixelData" not in ds:
             raise OutputsError(
                 f"the overlay needs the source pixels: instance {k} has no PixelData "
                 "(pass images= or read the instances with pixels)"
             )
-        arr = ds.pixel_array.astype(np.float32)
+        uid = str(ds.SOPInstanceUID)
+        if uid not in decoded:
+            decoded[uid] = ds.pixel_array
+        arr = decoded[uid] if frame is None else decoded[uid][frame - 1]
         if arr.ndim != 2:
             raise OutputsError(
-                f"instance {k}: expected a single-frame greyscale image, got {arr.shape}"
+                f"slice {k}: expected a greyscale image or frame, got shape {arr.shape}"
             )
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        out.append(arr * slope + intercept)
+        seq = "PixelValueTransformationSequence"
+        slope = frame_attribute(ds, frame, seq, "RescaleSlope")
+        intercept = frame_attribute(ds, frame, seq, "RescaleIntercept")
+        out.append(
+            arr.astype(np.float32) * float(slope if slope not in (None, "") else 1)
+            + float(intercept if intercept not in (None, "") else 0)
+        )
     return np.stack(out)
 
 
@@ -220,6 +237,7 @@ def build_overlay(
     volumes_ml: Mapping[str, float] | None = None,
     slices: Literal["all", "tumour"] = "tumour",
     margin: int = 3,
+    frame_numbers: Sequence[int] | None = None,
     series_number: int = DEFAULT_SERIES_NUMBER,
     instance_uid_seed: str | None = None,
 ) -> list[pydicom.Dataset]:
@@ -238,6 +256,8 @@ def build_overlay(
         Optional region volumes (``region_volumes_ml``) shown in the legend.
     slices, margin
         "tumour": slices with labels plus ``margin`` neighbours each side; "all": every slice.
+    frame_numbers
+        For one multi-frame source (repeated in ``datasets``): the 1-based frame of each slice.
 
     Returns
     -------
@@ -245,9 +265,10 @@ def build_overlay(
     """
     datasets = list(datasets)
     arr = check_labels(labels, datasets)
-    geom = slice_geometry(datasets)
+    geom = slice_geometry(datasets, frame_numbers)
+    frames = frame_numbers_for(datasets, frame_numbers)
     if images is None:
-        pixels = source_pixels(datasets)
+        pixels = source_pixels(datasets, frame_numbers)
     else:
         pixels = np.asarray(images, dtype=np.float32)
         if pixels.shape != arr.shape:
@@ -276,7 +297,12 @@ def build_overlay(
     seed = src_series if instance_uid_seed is None else f"{src_series}|{instance_uid_seed}"
     version = str(model_version)
     series_uid = uids.series_uid(seed, version, uids.KIND_OVERLAY)
-    iop = [float(v) for v in source.ImageOrientationPatient]
+    iop = [
+        float(v)
+        for v in frame_attribute(  # type: ignore[union-attr]
+            source, frames[0], "PlaneOrientationSequence", "ImageOrientationPatient"
+        )
+    ]
     orientation = (orientation_letters(iop[:3]), orientation_letters(iop[3:]))
     out: list[pydicom.Dataset] = []
     total = len(datasets)
@@ -320,6 +346,8 @@ def build_overlay(
         ref = pydicom.Dataset()
         ref.ReferencedSOPClassUID = ds.SOPClassUID
         ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        if frames[k] is not None:
+            ref.ReferencedFrameNumber = frames[k]
         sc.SourceImageSequence = [ref]
         copy_patient_study(source, sc)
         out.append(sc)

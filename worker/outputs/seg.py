@@ -118,7 +118,8 @@ def build_seg(
     native
         ``labels`` uint8 (n_slices, Rows, Columns) with values {0, 1, 2, 4}; ``datasets`` the
         source instances (headers suffice, PixelData is not read), ``labels[k]`` drawn on
-        ``datasets[k]``.
+        ``datasets[k]``; optional ``frame_numbers`` (1-based, per slice) when the source is one
+        multi-frame instance (then ``datasets`` repeats it).
     model_name, model_version
         Written as the algorithm name and version of every segment and as software version.
     series_number
@@ -135,7 +136,26 @@ def build_seg(
     """
     datasets: Sequence[pydicom.Dataset] = list(native.datasets)
     labels = check_labels(native.labels, datasets)
-    slice_geometry(datasets)  # one orientation, distinct positions: a SEG viewers can place
+    frame_numbers = getattr(native, "frame_numbers", None)
+    # one orientation, distinct positions: a SEG viewers can place
+    slice_geometry(datasets, frame_numbers)
+    masks = stacked_segments(labels)
+    sources: list[pydicom.Dataset] = datasets
+    if frame_numbers is not None:
+        # one multi-frame source: SEG frames follow the source frames; frames the labels do not
+        # cover (e.g. dropped localizer frames) stay empty and are omitted
+        source = datasets[0]
+        n_frames = int(source.get("NumberOfFrames", 1) or 1)
+        if any(ds is not source and ds.SOPInstanceUID != source.SOPInstanceUID for ds in datasets):
+            raise OutputsError(
+                "frame_numbers are given, so every slice must come from one instance"
+            )
+        full = np.zeros((n_frames, *masks.shape[1:]), np.uint8)
+        for k, frame in enumerate(frame_numbers):
+            if not 1 <= int(frame) <= n_frames:
+                raise OutputsError(f"frame_numbers must lie in 1..{n_frames}; got {frame}")
+            full[int(frame) - 1] = masks[k]
+        masks, sources = full, [source]
     seed = (
         source_series_uid(datasets)
         if instance_uid_seed is None
@@ -144,8 +164,8 @@ def build_seg(
     version = str(model_version)
     try:
         seg = hd.seg.Segmentation(
-            source_images=datasets,
-            pixel_array=stacked_segments(labels),
+            source_images=sources,
+            pixel_array=masks,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=segment_descriptions(model_name, version),
             series_instance_uid=uids.series_uid(seed, version, uids.KIND_SEG),
