@@ -278,6 +278,15 @@ class Handlers:
             )
         study_uid = str(ds.StudyInstanceUID)
         series_uid = str(ds.SeriesInstanceUID)
+        if str(ds.SOPInstanceUID) != sop_uid:
+            # Seen in anonymised files whose file meta kept the old UID: the dataset's UID names
+            # the instance (and the spool file).
+            log.warning(
+                "Affected SOP Instance UID differs from the dataset's SOPInstanceUID; "
+                "the dataset's is used",
+                extra={"sop_ref": ref(sop_uid), "dataset_sop_ref": ref(str(ds.SOPInstanceUID))},
+            )
+            sop_uid = str(ds.SOPInstanceUID)
         try:
             stored = self.receiver.spool.store(study_uid, series_uid, sop_uid, data)
         except SpoolFullError:
@@ -320,10 +329,8 @@ def _check(ds: Dataset, sop_class: str, sop_uid: str) -> str | None:
     for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if not str(ds.get(kw, "") or "").strip():
             return f"{kw} missing or empty"
-    if str(ds.SOPInstanceUID) != sop_uid:
-        return "SOPInstanceUID does not match the C-STORE request's Affected SOP Instance UID"
-    if str(ds.SOPClassUID) != sop_class:
-        return "SOPClassUID does not match the C-STORE request's Affected SOP Class UID"
+    if sop_disposition(str(ds.SOPClassUID)) is not SopDisposition.process:
+        return f"SOPClassUID {ds.SOPClassUID} in the dataset does not match an MR storage class"
     # Truncation: an element whose value is shorter than its declared length.
     for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
         raw = ds.get_item(tag)
@@ -336,6 +343,22 @@ def _check(ds: Dataset, sop_class: str, sop_uid: str) -> str | None:
             and len(value) < length
         ):
             return f"element {tag} truncated: {len(value)} of {length} bytes"
+    # Native pixel data shorter than the image it describes (a cut file re-encoded by a sender).
+    pixel = ds.get_item("PixelData")
+    if pixel is not None and not ds.file_meta.TransferSyntaxUID.is_compressed:
+        try:
+            n_bits = (
+                int(ds.Rows)
+                * int(ds.Columns)
+                * int(ds.get("SamplesPerPixel", 1) or 1)
+                * int(ds.get("NumberOfFrames", 1) or 1)
+                * int(ds.BitsAllocated)
+            )
+        except (AttributeError, TypeError, ValueError):
+            return "image pixel module incomplete (Rows, Columns or BitsAllocated)"
+        have = len(pixel.value or b"")
+        if have * 8 < n_bits:
+            return f"PixelData truncated: {have} bytes for an image of {(n_bits + 7) // 8} bytes"
     return None
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pydicom
 from pydantic import BaseModel, ConfigDict, Field
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification
 
 from config.errors import PermanentError, TransientError
@@ -25,7 +25,6 @@ from config.settings import Peer
 
 log = logging.getLogger(__name__)
 
-_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128
 
 
@@ -113,37 +112,33 @@ def send(
 ) -> StoreReport:
     """C-STORE every file in ``paths`` to ``peer`` over one association.
 
-    Proposes a context per SOP class of the files given, with each file's own transfer syntax
-    (and the uncompressed ones). Files are sent as stored, without decoding.
+    Proposes one context per SOP class and transfer syntax of the files given; files are sent
+    byte for byte as stored, without decoding.
     Raises TransientError when no association can be made, PermanentError when the peer
     refuses a SOP class or transfer syntax the files need.
     """
     files = [Path(p) for p in paths]
     if not files:
         return StoreReport(peer=_describe(peer), sent=0, failed=0)
-    syntaxes: dict[str, set[str]] = {}
     info: list[tuple[Path, str, str, str]] = []
     for p in files:
         try:
             sop_class, ts, sop_uid = _file_syntax(p)
         except Exception as exc:
             raise PermanentError(f"{p} is not a DICOM file with file meta ({exc})") from exc
-        syntaxes.setdefault(sop_class, set()).add(ts)
         info.append((p, sop_class, ts, sop_uid))
     ae = _ae(calling_ae, timeout_s)
-    n_contexts = 0
-    for sop_class, tss in sorted(syntaxes.items()):
-        compressed = sorted(tss - set(_UNCOMPRESSED))
-        for ts in compressed:  # one context per compressed syntax (the peer picks per context)
-            ae.add_requested_context(sop_class, [ts])
-            n_contexts += 1
-        ae.add_requested_context(sop_class, list(_UNCOMPRESSED))
-        n_contexts += 1
-        if n_contexts > MAX_CONTEXTS:
-            raise PermanentError(
-                f"the files need more than {MAX_CONTEXTS} presentation contexts; send fewer "
-                "SOP classes / transfer syntaxes per call"
-            )
+    # One context per (SOP class, transfer syntax) of the files: files are sent as stored
+    # (chunked from disk, never decoded), so each needs its own syntax accepted exactly.
+    pairs = sorted({(sc, ts) for _, sc, ts, _ in info})
+    if len(pairs) > MAX_CONTEXTS:
+        raise PermanentError(
+            f"the files need {len(pairs)} presentation contexts (max {MAX_CONTEXTS}); send fewer "
+            "SOP classes / transfer syntaxes per call"
+        )
+    for sop_class, ts in pairs:
+        ae.add_requested_context(sop_class, [ts])
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=_HANDLERS)
     if not assoc.is_established:
         raise _rejected(assoc, peer)
@@ -151,18 +146,10 @@ def send(
     sent = failed = 0
     try:
         accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
-        not_taken = sorted(
-            {
-                sc
-                for _, sc, ts, _ in info
-                if (sc, ts) not in accepted
-                and not (ts in _UNCOMPRESSED and any((sc, u) in accepted for u in _UNCOMPRESSED))
-            }
-        )
+        not_taken = sorted({f"{sc} in {ts}" for sc, ts in pairs if (sc, ts) not in accepted})
         if not_taken:
             raise PermanentError(
-                f"{_describe(peer)} accepted no presentation context for SOP class(es) "
-                f"{not_taken} in the files' transfer syntaxes"
+                f"{_describe(peer)} accepted no presentation context for {', '.join(not_taken)}"
             )
         for p, _sop_class, _ts, sop_uid in info:
             try:

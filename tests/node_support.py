@@ -130,3 +130,92 @@ def run_echoscu(
 
 def spooled(spool_root: Path) -> list[Path]:
     return sorted((spool_root / "studies").rglob("*.dcm"))
+
+
+class NodeProcess:
+    """`gliomaseg node` as a real subprocess on a free port, its log captured to a file."""
+
+    def __init__(self, root: Path, *, env: dict[str, str] | None = None) -> None:
+        import sys
+        import uuid
+
+        from tests.conftest import free_port
+
+        self.root = root
+        self.spool = root / "spool"
+        self.port = free_port()
+        self.log_path = root / "node.log"
+        self.queue = f"node-test-{uuid.uuid4().hex[:8]}.cpu"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("GLIOMASEG_")}
+        self.env = base | {
+            "TCP_NODELAY": "1",
+            "GLIOMASEG_DICOM__PORT": str(self.port),
+            "GLIOMASEG_DICOM__AE_TITLE": "GLIOMASEG",
+            "GLIOMASEG_SPOOL__ROOT": str(self.spool),
+            "GLIOMASEG_SPOOL__MIN_FREE_MB": "0",
+            "GLIOMASEG_QUEUE__BROKER_URL": "redis://127.0.0.1:6379/11",
+            "GLIOMASEG_QUEUE__CPU_QUEUE": self.queue,
+            "GLIOMASEG_COMPLETION__POLL_S": "0.2",
+            "GLIOMASEG_LOGGING__LEVEL": "DEBUG",
+        }
+        self.env.update(env or {})
+        self.python = sys.executable
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.spool.resolve() / 'jobs.sqlite3'}"
+
+    def start(self, timeout_s: float = 60) -> NodeProcess:
+        import socket
+        import time
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the process
+        repo = Path(__file__).resolve().parent.parent
+        self.proc = subprocess.Popen(
+            [self.python, "-m", "gliomaseg", "node"],
+            env=self.env,
+            cwd=repo,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited {self.proc.returncode}: {self.log()[-3000:]}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node not listening after {timeout_s} s: {self.log()[-3000:]}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = None
+
+    def jobs(self):
+        from dicom_node.jobs import JobStore
+
+        store = JobStore(self.database_url)
+        try:
+            return store.list()
+        finally:
+            store.close()
