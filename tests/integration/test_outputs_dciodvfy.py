@@ -172,3 +172,101 @@ def test_multiframe_source_outputs_validate(tmp_path):
     for path in write_datasets([seg, sr, *sc], tmp_path):
         assert dciodvfy_errors(path) == [], path
     assert volumes == region_volumes_ml(labels, series)
+
+
+# --- Orthanc as the PACS: it accepts every object, files them in the source study, and a re-run
+# (same UIDs) adds no series -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    import json
+    import os
+    import urllib.request
+
+    from tests.conftest import free_port, wait_for
+
+    if shutil.which("Orthanc") is None:
+        pytest.skip("Orthanc not installed")
+    root = tmp_path_factory.mktemp("orthanc")
+    http_port, dicom_port = free_port(), free_port()
+    config = {
+        "Name": "gliomaseg-outputs-test",
+        "StorageDirectory": str(root / "db"),
+        "IndexDirectory": str(root / "db"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "Plugins": [],
+    }
+    (root / "orthanc.json").write_text(json.dumps(config))
+    log = (root / "orthanc.log").open("w")
+    proc = subprocess.Popen(
+        ["Orthanc", str(root / "orthanc.json")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    base = f"http://127.0.0.1:{http_port}"
+
+    def get(path: str):
+        with urllib.request.urlopen(base + path, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def up() -> bool:
+        try:
+            return bool(get("/system"))
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, timeout_s=30)
+        yield {"port": dicom_port, "get": get}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def storescu(port: int, paths: list[Path]) -> None:
+    import os
+
+    proc = subprocess.run(
+        ["storescu", "-R", "-aec", "ORTHANC", "127.0.0.1", str(port), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_orthanc_files_outputs_in_the_source_study_and_reruns_add_nothing(orthanc, tmp_path):
+    ds = make_mr_series(16, 48, 48)
+    labels = make_labels(16, 48, 48)
+    source_paths = write_datasets(ds, tmp_path / "source")
+    first = write_all(labels, ds, tmp_path / "run1")
+    second = write_all(labels, ds, tmp_path / "run2")  # the same job run again
+    storescu(orthanc["port"], source_paths)
+    storescu(orthanc["port"], [first.seg, first.sr, *first.overlay])
+
+    def series_by_modality() -> dict[str, int]:
+        [study] = orthanc["get"]("/studies")
+        info = orthanc["get"](f"/studies/{study}")
+        assert info["MainDicomTags"]["StudyInstanceUID"] == ds[0].StudyInstanceUID
+        out: dict[str, int] = {}
+        for s in orthanc["get"](f"/studies/{study}/series"):
+            modality = s["MainDicomTags"]["Modality"]
+            out[modality] = out.get(modality, 0) + len(s["Instances"])
+        return out
+
+    expected = {"MR": 16, "SEG": 1, "SR": 1, "OT": len(first.overlay)}
+    assert series_by_modality() == expected
+    assert len(orthanc["get"]("/patients")) == 1  # outputs carry the source's patient
+    storescu(orthanc["port"], [second.seg, second.sr, *second.overlay])
+    assert series_by_modality() == expected
+    assert len(orthanc["get"]("/series")) == 4
