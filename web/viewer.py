@@ -88,11 +88,12 @@ class ViewerVolume:
 
 
 def _initial_slice(labels: np.ndarray, cut: int) -> int:
-    """The slice with the most tumour, else the middle slice."""
+    """The slice through the tumour's centre of mass, else the middle slice."""
     other = tuple(a for a in range(3) if a != cut)
     per_slice = (labels > 0).sum(axis=other)
-    if per_slice.max() > 0:
-        return int(per_slice.argmax())
+    total = per_slice.sum()
+    if total > 0:
+        return int(round(float((per_slice * np.arange(per_slice.size)).sum() / total)))
     return int(labels.shape[cut] // 2)
 
 
