@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -1053,6 +1054,17 @@ def series_infos_from_dir(path: Path) -> list[SeriesInfo]:
 
 
 def _files(root: Path) -> Iterable[Path]:
-    for p in root.rglob("*"):
-        if p.is_file() and not p.name.startswith("."):
-            yield p
+    """Regular files under root, following folder links once each (no cycles), no dot-files."""
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith("."):
+                path = Path(folder) / name
+                if path.is_file():
+                    yield path
