@@ -3,17 +3,18 @@
 Every part it calls is passed in (:class:`Deps`), so the orchestration is tested without servers and
 the Celery tasks stay thin shells. The pipeline is split into stages at the queue boundaries:
 
-========  =====  ======================================================  ============================
-stage     queue  steps recorded in the job                               leaves in the spool
-========  =====  ======================================================  ============================
-prepare   cpu    ``convert``, ``preprocess``                             work/<job>/prepared.pkl
-segment   gpu    ``segment``                                             work/<job>/labels.npy, model.json
-finish    cpu    ``map_back``, ``outputs``                               outputs/<job>/... (DICOM files)
-deliver   cpu    ``send`` (once per attempt)                             job.deliveries
-========  =====  ======================================================  ============================
+========  =====  ==========================  ===========================================================
+stage     queue  steps recorded in the job   leaves in work/<job>/ (or outputs/<job>/)
+========  =====  ==========================  ===========================================================
+prepare   cpu    ``convert``, ``preprocess``  input_<role>.npy (model inputs), prepared.pkl (grid,
+                                              transforms, brain mask), volumes.pkl (reference series)
+segment   gpu    ``segment``                  labels.npy, model.json
+finish    cpu    ``map_back``, ``outputs``    outputs/<job>/<role>/{seg,sr,overlay}/*.dcm
+deliver   cpu    ``send`` (once per attempt)  job.deliveries
+========  =====  ==========================  ===========================================================
 
 CPU and GPU workers therefore share the spool folder (one machine, or a shared file system).
-``prepared.pkl`` is written and read only by gliomaseg's own workers, inside the spool.
+The pickles are written and read only by gliomaseg's own workers, inside the spool.
 
 States: the node leaves a job ``queued``; ``prepare`` makes it ``running``; it ends ``delivered``,
 ``failed`` (a :class:`~config.errors.PermanentError`, with its reason, never retried) or
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 TERMINAL_STATES = frozenset({"delivered", "failed", "delivery_failed"})
 PREPARED_FILE = "prepared.pkl"
+VOLUMES_FILE = "volumes.pkl"
 LABELS_FILE = "labels.npy"
 MODEL_FILE = "model.json"
 INPUT_PREFIX = "input_"
@@ -306,7 +308,11 @@ class Pipeline:
         ):
             light = dataclasses.replace(prepared, images={})
         keep = {role: volumes[role] for role in self.options.reference_roles}
-        state = {"volumes": keep, "prepared": light, "roles": list(images)}
+        _atomic_write(
+            work / VOLUMES_FILE,
+            lambda fh: pickle.dump(keep, fh, protocol=pickle.HIGHEST_PROTOCOL),
+        )
+        state = {"prepared": light, "roles": list(images)}
         _atomic_write(
             work / PREPARED_FILE,
             lambda fh: pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL),
@@ -344,6 +350,7 @@ class Pipeline:
             return False
         work = self.spool.work_dir(job_id)
         state = self._load_prepared(work)
+        state["volumes"] = self._load_prepared(work, VOLUMES_FILE)
         try:
             labels = np.load(work / LABELS_FILE)
             model = json.loads((work / MODEL_FILE).read_text())
@@ -456,9 +463,9 @@ class Pipeline:
     # -- helpers --------------------------------------------------------------------------------
 
     @staticmethod
-    def _load_prepared(work: Path) -> dict[str, Any]:
+    def _load_prepared(work: Path, name: str = PREPARED_FILE) -> Any:
         try:
-            with open(work / PREPARED_FILE, "rb") as fh:
+            with open(work / name, "rb") as fh:
                 return pickle.load(fh)
         except FileNotFoundError as exc:
             raise PermanentError(

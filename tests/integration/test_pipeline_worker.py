@@ -102,3 +102,77 @@ def test_a_corrupt_series_fails_with_a_reason(service: Service, store: JobStore)
     assert done.reason and "internal error" not in done.reason, done.reason
     convert = [s for s in done.steps if s["step"] == "convert"]
     assert convert and convert[-1]["status"] == "failed"
+
+
+# -- bad studies built from a real case (5 mm, to keep conversion quick) -------------------------
+
+CASE = "Brats18_CBICA_AME_1"
+
+
+def spool_study(service: Service, store: JobStore, study) -> str:
+    """Put a studygen study into the service's spool as the node would; a queued job for it."""
+    import pydicom
+
+    spool = Spool(Path(service.env["GLIOMASEG_SPOOL__ROOT"]))
+    roles = {}
+    for role, series in study.series.items():
+        roles[role] = series.series_uid
+        for path in series.paths:
+            sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            spool.store(study.study_uid, series.series_uid, str(sop), path.read_bytes())
+    job = store.create(
+        study.study_uid,
+        calling_ae="MODALITY",
+        calling_ip="127.0.0.1",
+        roles=roles,
+        state=JobState.queued,
+    )
+    return job.id
+
+
+def brats_volumes(datasets: Path) -> dict:
+    import nibabel as nib
+
+    suffix = {"T1": "t1", "T1c": "t1ce", "T2": "t2", "FLAIR": "flair"}
+    out = {}
+    for role, s in suffix.items():
+        img = nib.load(datasets / "brats" / CASE / f"{CASE}_{s}.nii.gz")
+        out[role] = (img.get_fdata(dtype="float32"), img.affine)
+    return out
+
+
+@pytest.mark.data
+def test_a_series_with_truncated_pixel_data_fails_naming_it(
+    service: Service, store: JobStore, datasets: Path, tmp_path: Path
+) -> None:
+    from dicom_node.studygen import write_study
+
+    study = write_study(brats_volumes(datasets), tmp_path / "study", slice_mm=5.0)
+    victim = study.series["T2"].paths[len(study.series["T2"].paths) // 2]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) - 5000])  # cut inside PixelData
+    job_id = spool_study(service, store, study)
+    enqueue(service, job_id)
+    done = wait_for(ended(store, job_id), timeout_s=180)
+    assert done.state == "failed", service.logs()
+    assert "T2" in done.reason and "internal error" not in done.reason, done.reason
+
+
+@pytest.mark.data
+def test_wildly_different_fields_of_view_fail_with_a_reason(
+    service: Service, store: JobStore, datasets: Path, tmp_path: Path
+) -> None:
+    from dicom_node.studygen import write_study
+
+    volumes = brats_volumes(datasets)
+    flair, affine = volumes["FLAIR"]
+    moved = affine.copy()
+    moved[:3, 3] += (0.0, 0.0, 400.0)  # 40 cm away along the body axis: no overlap with T1c
+    volumes["FLAIR"] = (flair, moved)
+    study = write_study(volumes, tmp_path / "study", slice_mm=5.0)
+    job_id = spool_study(service, store, study)
+    enqueue(service, job_id)
+    done = wait_for(ended(store, job_id), timeout_s=240)
+    assert done.state == "failed", (done.state, [s["detail"] for s in done.steps])
+    assert "overlap" in done.reason and "internal error" not in done.reason, done.reason
+    assert [s["step"] for s in done.steps if s["status"] == "failed"] == ["preprocess"]
