@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -31,8 +32,8 @@ def _series(tmp: Path) -> tuple[np.ndarray, list[pydicom.Dataset], str]:
     if case is not None and case.is_dir():
         import nibabel as nib
 
-        img = nib.load(case / f"{BRATS_CASE}_t1ce.nii.gz")
-        seg = nib.load(case / f"{BRATS_CASE}_seg.nii.gz")
+        img: Any = nib.load(case / f"{BRATS_CASE}_t1ce.nii.gz")
+        seg: Any = nib.load(case / f"{BRATS_CASE}_seg.nii.gz")
         volume, affine = np.asanyarray(img.dataobj), img.affine
         labels_ijk = np.asarray(seg.dataobj, np.uint8)
         source = f"BraTS {BRATS_CASE}"
@@ -46,7 +47,7 @@ def _series(tmp: Path) -> tuple[np.ndarray, list[pydicom.Dataset], str]:
         labels_ijk = np.select([d < 0.35, d < 0.6, d < 1.0], [1, 4, 2], 0).astype(np.uint8)
         source = "synthetic"
     written = write_study({"T1c": (volume, affine)}, tmp / "study")
-    datasets = [pydicom.dcmread(p) for p in written.series["T1c"].paths]
+    datasets: list[pydicom.Dataset] = [pydicom.dcmread(p) for p in written.series["T1c"].paths]
     # studygen: instance k holds array[:, :, k]; pixel [row r, column c] = array[c, r, k]
     labels = np.ascontiguousarray(labels_ijk.transpose(2, 1, 0))
     return labels, datasets, source

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pydicom
@@ -97,19 +97,17 @@ class SliceGeometry:
         return out
 
 
-def _floats(value: object, keyword: str, n: int, index: int) -> np.ndarray:
-    if value is None or not hasattr(value, "__len__") or len(value) != n:  # type: ignore[arg-type]
+def _floats(value: Any, keyword: str, n: int, index: int) -> np.ndarray:
+    if value is None or not hasattr(value, "__len__") or len(value) != n:
         raise OutputsError(f"source slice {index}: {keyword} must have {n} values; got {value!r}")
-    return np.asarray([float(v) for v in value], dtype=float)  # type: ignore[union-attr]
+    return np.asarray([float(v) for v in value], dtype=float)
 
 
 def is_multiframe(ds: pydicom.Dataset) -> bool:
     return int(ds.get("NumberOfFrames", 1) or 1) > 1
 
 
-def frame_attribute(
-    ds: pydicom.Dataset, frame_number: int | None, seq: str, keyword: str
-) -> object:
+def frame_attribute(ds: pydicom.Dataset, frame_number: int | None, seq: str, keyword: str) -> Any:
     """``keyword`` of frame ``frame_number`` (1-based): per-frame group, shared group, then top level."""
     sources = []
     if frame_number is not None:

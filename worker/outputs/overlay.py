@@ -186,7 +186,7 @@ def _layout(size: tuple[int, int], legend: Sequence[tuple[tuple[int, int, int], 
         ty = top + pad + i * line_h
         draw.rectangle((2 * pad, ty, 2 * pad + px - 2, ty + px - 2), fill=(*colour, 255))
         draw.text((3 * pad + px, ty), text, fill=(255, 255, 255, 255), font=small)
-    return _Layout(size, static, (pad, bh + 3 * pad + 2), font, small)
+    return _Layout(size, static, (pad, int(bh) + 3 * pad + 2), font, small)
 
 
 def render_slice(
@@ -299,7 +299,7 @@ def build_overlay(
     series_uid = uids.series_uid(seed, version, uids.KIND_OVERLAY)
     iop = [
         float(v)
-        for v in frame_attribute(  # type: ignore[union-attr]
+        for v in frame_attribute(
             source, frames[0], "PlaneOrientationSequence", "ImageOrientationPatient"
         )
     ]

@@ -140,7 +140,7 @@ def build_seg(
     # one orientation, distinct positions: a SEG viewers can place
     slice_geometry(datasets, frame_numbers)
     masks = stacked_segments(labels)
-    sources: list[pydicom.Dataset] = datasets
+    sources: Sequence[pydicom.Dataset] = datasets
     if frame_numbers is not None:
         # one multi-frame source: SEG frames follow the source frames; frames the labels do not
         # cover (e.g. dropped localizer frames) stay empty and are omitted

@@ -10,6 +10,7 @@ version (TID 4019); the observation context names the device (gliomaseg, model v
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import highdicom as hd
 import pydicom
@@ -158,8 +159,9 @@ def volumes_from_sr(sr: pydicom.Dataset) -> dict[str, float]:
     parsed = hd.sr.Comprehensive3DSR.from_dataset(sr, copy=True)
     by_name = {REGION_NAMES[r]: r.value for r in Region}
     out: dict[str, float] = {}
-    groups = list(parsed.content.get_volumetric_roi_measurement_groups()) + list(
-        parsed.content.get_image_measurement_groups()
+    content: Any = parsed.content  # a MeasurementReport once parsed
+    groups = list(content.get_volumetric_roi_measurement_groups()) + list(
+        content.get_image_measurement_groups()
     )
     for group in groups:
         region = by_name.get(str(group.tracking_identifier))
