@@ -75,7 +75,10 @@ def _rejected(assoc: Any, peer: Peer) -> TransientError:
             f"reason {diag}); check that it knows our AE title and its own AE title"
         )
     if assoc.is_aborted:
-        return TransientError(f"{_describe(peer)} aborted the association")
+        return TransientError(
+            f"cannot associate with {_describe(peer)}: connection refused or aborted "
+            "(peer down or unreachable)"
+        )
     return TransientError(f"cannot associate with {_describe(peer)} (peer down or unreachable)")
 
 
@@ -141,6 +144,14 @@ def send(
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=_HANDLERS)
     if not assoc.is_established:
+        refused = sorted(
+            {f"{cx.abstract_syntax} in {cx.transfer_syntax[0]}" for cx in assoc.rejected_contexts}
+        )
+        if refused and not assoc.accepted_contexts:
+            # pynetdicom aborts an association in which the peer accepted no context at all
+            raise PermanentError(
+                f"{_describe(peer)} accepted no presentation context for {', '.join(refused)}"
+            )
         raise _rejected(assoc, peer)
     statuses: dict[str, int] = {}
     sent = failed = 0
