@@ -47,14 +47,16 @@ Rule table (applied per series, in this order)
    ``T1`` together with ``FLAIR`` (T1-FLAIR) is T1; ``FLAIR``/``dark-fluid`` is FLAIR;
    ``T1``/``T1W``/``MPRAGE``/``BRAVO``/``SPGR``/``TFE``/``VIBE`` is T1; ``T2``/``T2W`` is T2.
    When physics is conclusive and the description disagrees, physics wins (the reason says so).
-5. **Post-contrast** (T1 vs T1c): a contrast tag (ContrastBolusAgent other than none/no,
-   ContrastBolusVolume or TotalDose > 0, ContrastBolusStartTime, ContrastBolusIngredient,
-   ContrastBolusAgentSequence, ContrastBolusUsageSequence with ContrastBolusAgentAdministered
-   YES) makes a T1 a T1c; otherwise description keywords: pre-contrast words win first
+5. **Post-contrast** (T1 vs T1c), first that applies: acquired before ContrastBolusStartTime ->
+   pre; ContrastBolusAgentAdministered NO -> pre; a pre-contrast word in the description
    (``pre``, ``non contrast``, ``w/o``, ``without``, ``nativ``, ``plain``, ``sin``/``sans``/
-   ``ohne``), then post-contrast words (``+C``, ``C+``, ``post``, ``Gd``, ``Gad``, ``gado*``,
-   ``contrast``, ``KM``, ``CE``, ``MDC``, ``enhanced``, ``T1c``, ``w/ c``, agent names such as
-   Gadavist, Dotarem, MultiHance).
+   ``ohne``/``vor``/``zonder``) -> pre; a contrast tag (ContrastBolusAgent other than none/no,
+   ContrastBolusVolume or TotalDose > 0, ContrastBolusIngredient, ContrastBolusStartTime,
+   ContrastBolusAgentSequence, ContrastBolusUsageSequence with ContrastBolusAgentAdministered
+   YES) -> post, unless the study's first series already carries it (entered at registration
+   and copied into every series: not informative); a post-contrast word (``+C``, ``C+``,
+   ``post``, ``Gd``, ``Gad``, ``gado*``, ``contrast``, ``KM``, ``CE``, ``MDC``, ``enhanced``,
+   ``T1c``, ``w/ c``, agent names such as Gadavist, Dotarem, MultiHance) -> post; else unknown.
 6. **Tie-breaks** when several series fit one role, in order: assigned by an admin rule; for T1,
    the same protocol as the chosen T1c (a matched pre/post pair); stronger evidence (conclusive physics over description or scanner label alone); axial; thinner slices;
    more slices; the later series (SeriesDate/SeriesTime, then SeriesNumber). When no series has
@@ -321,6 +323,7 @@ class Features:
     b_value: float | None
     contrast_tag: str | None
     contrast_no: bool
+    before_bolus: bool | None  # acquired before ContrastBolusStartTime (None: unknown)
     orientation: str  # AX, COR, SAG or "" when unknown
     slice_mm: float | None
     n_slices: int
@@ -397,11 +400,33 @@ def _when(ds: pydicom.Dataset, number: int | None) -> tuple[str, int]:
     return ("", number or 0)
 
 
+def _seconds(value: Any) -> float | None:
+    text = str(value or "").replace(":", "").strip()
+    m = re.match(r"^(\d{2})(\d{2})?(\d{2})?(\.\d+)?$", text)
+    if not m:
+        return None
+    h, mi, sec, frac = m.groups()
+    return int(h) * 3600 + int(mi or 0) * 60 + int(sec or 0) + float(frac or 0)
+
+
+def _before_bolus(ds: pydicom.Dataset) -> bool | None:
+    start = _seconds(lookup(ds, "ContrastBolusStartTime"))
+    if start is None:
+        return None
+    for keyword in ("AcquisitionTime", "SeriesTime"):
+        acquired = _seconds(_value(ds, keyword))
+        if acquired is not None:
+            return acquired < start
+    return None
+
+
 def features(info: SeriesInfo) -> Features:
     ds = info.headers
     description = str(_value(ds, "SeriesDescription") or "").strip()
     protocol = str(_value(ds, "ProtocolName") or "").strip()
     text = f"{description} | {protocol}".lower()
+    # Philips prefixes: sT1W (SENSE), eT2W ...: read them as T1W / T2W
+    text = re.sub(r"(?<![a-z0-9])[se](?=t[12](?![0-9]))", "", text)
     number = _value(ds, "SeriesNumber")
     try:
         series_number = int(number) if number not in (None, "") else None
@@ -433,6 +458,7 @@ def features(info: SeriesInfo) -> Features:
         b_value=b_value,
         contrast_tag=agent,
         contrast_no=contrast_no,
+        before_bolus=_before_bolus(ds),
         orientation=_orientation(ds, text),
         slice_mm=_float(lookup(ds, "SliceThickness")),
         n_slices=max(1, info.n_instances) * int(frames),
@@ -500,6 +526,10 @@ _EXCLUDE_TEXT: list[tuple[str, re.Pattern[str]]] = [
             "pasl",
             "twist",
             "ktrans",
+            "dyn",
+            "dynamic",
+            "disco",
+            "4d",
         ),
     ),
     (
@@ -540,7 +570,10 @@ _EXCLUDE_CONTRAST = {
 _DESC_NONE: list[tuple[str, re.Pattern[str]]] = [
     (
         "T2*-weighted gradient echo",
-        re.compile(r"t2\s*\*|(?<![a-z])(?:t2[-_ ]?star|hemo\w*)(?![a-z])"),
+        re.compile(
+            r"t2\s*\*|(?<![a-z])(?:t2[-_ ]?star|hemo\w*|"
+            r"t2[-_ ]*(?:w[-_ ]*)?(?:gre|ffe|fl2d|flash|me2d|medic|merge|swi))(?![a-z])"
+        ),
     ),
     ("proton density", re.compile(r"(?<![a-z])(?:pd|pdw|pdwi|proton[-_ ]?density)(?![a-z])")),
     ("STIR", _kw("stir")),
@@ -559,7 +592,7 @@ _FLAIR_TEXT = re.compile(
 _PRE_TEXT = re.compile(
     r"(?<![a-z])(?:pre|precontrast|pregad|pregd|pre[-_ ]?gad|pre[-_ ]?gd|pre[-_ ]?contrast|"
     r"nativ|native|non[-_ ]?contrast|noncontrast|non[-_ ]?enhanced|unenhanced|plain|sin|sans|"
-    r"ohne|senza|w/o|wo|woc|without|no[-_ ]?contrast|no[-_ ]?gad|no[-_ ]?gd)(?![a-z])|"
+    r"ohne|senza|zonder|vor|w/o|wo|woc|without|no[-_ ]?contrast|no[-_ ]?gad|no[-_ ]?gd)(?![a-z])|"
     r"(?<![a-z0-9])-\s?c(?![a-z+])"
 )
 _POST_TEXT = re.compile(
@@ -856,6 +889,7 @@ def assign_roles(series: Sequence[SeriesInfo], rules: Sequence[ClassifyRule]) ->
     )
     reasons: dict[str, str] = {}
     candidates: list[_Candidate] = []
+    carried = _carried_over_tag(feats)
     for f in feats:
         if f.modality not in ("MR", "") or (f.sop_class and f.sop_class not in _MR_SOP_CLASSES):
             name = pydicom.uid.UID(f.sop_class).name if f.sop_class else "?"
@@ -927,17 +961,7 @@ def assign_roles(series: Sequence[SeriesInfo], rules: Sequence[ClassifyRule]) ->
             reasons[f.series_uid] = f"not chosen: {verdict.reason}"
             continue
         if verdict.role == "T1":
-            if f.contrast_tag:
-                contrast, note = "post", f"post-contrast: {f.contrast_tag}"
-            elif f.contrast_no:
-                contrast, note = "pre", "pre-contrast: ContrastBolusAgentAdministered NO"
-            elif word := _search(_PRE_TEXT, f.text):
-                contrast, note = "pre", f"pre-contrast: description '{word}'"
-            elif word := _search(_POST_TEXT, f.text):
-                contrast, note = "post", f"post-contrast: description '{word}'"
-            else:
-                contrast, note = "unknown", "no contrast evidence"
-            role = Role.T1C if contrast == "post" else Role.T1
+            role, contrast, note = _t1_contrast(f, carried)
             reason = f"{verdict.reason}; {note}"
             if role is Role.T1C and reason.startswith("T1:"):
                 reason = "T1c:" + reason[3:]
@@ -982,6 +1006,44 @@ def assign_roles(series: Sequence[SeriesInfo], rules: Sequence[ClassifyRule]) ->
     return Classification(
         roles={role: chosen[role] for role in Role}, series=decisions + unreadable
     )
+
+
+def _carried_over_tag(feats: Sequence[Features]) -> Features | None:
+    """The study's first series when it already carries a contrast tag (entered at registration
+    and copied into every series, so the tag says nothing about when contrast was given)."""
+    timed = [f for f in feats if f.when[0]]
+    if len(feats) < 2 or not timed:
+        return None
+    first = min(timed, key=lambda f: f.when)
+    return first if first.contrast_tag and first.before_bolus is not True else None
+
+
+def _t1_contrast(f: Features, carried: Features | None) -> tuple[Role, str, str]:
+    """(role, "pre" | "post" | "unknown", note) for a T1-weighted series."""
+    if f.contrast_tag and f.before_bolus:
+        return (
+            Role.T1,
+            "pre",
+            f"pre-contrast: acquired before ContrastBolusStartTime ({f.contrast_tag})",
+        )
+    if f.contrast_no:
+        return Role.T1, "pre", "pre-contrast: ContrastBolusAgentAdministered NO"
+    if word := _search(_PRE_TEXT, f.text):
+        return Role.T1, "pre", f"pre-contrast: description '{word}'"
+    if f.contrast_tag and f.before_bolus is False:
+        return Role.T1C, "post", f"post-contrast: {f.contrast_tag}, acquired after the bolus start"
+    if f.contrast_tag and carried is None:
+        return Role.T1C, "post", f"post-contrast: {f.contrast_tag}"
+    if word := _search(_POST_TEXT, f.text):
+        return Role.T1C, "post", f"post-contrast: description '{word}'"
+    if f.contrast_tag and carried is not None:
+        return (
+            Role.T1,
+            "unknown",
+            f"no contrast evidence ({f.contrast_tag} is on every series from the first, "
+            f"{_label(carried)}, on: not informative)",
+        )
+    return Role.T1, "unknown", "no contrast evidence"
 
 
 def _infer_post_contrast(candidates: list[_Candidate]) -> None:

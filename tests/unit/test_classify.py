@@ -244,6 +244,22 @@ NAMES = [
     ("T1 non-enhanced", "T1"),
     ("3DT1 GADOVIST", "T1c"),
     ("MPRAGE", "T1"),
+    ("sT2W_TSE", "T2"),
+    ("eT1W_SE", "T1"),
+    ("T1 vor KM", "T1"),
+    ("T1 nach KM", "T1c"),
+    ("T1 ohne KM", "T1"),
+    ("AX T1 FLAIR +C", "T1c"),
+    ("Sag CUBE T1 +C", "T1c"),
+    ("Sag CUBE FLAIR", "FLAIR"),
+    ("VISTA_FLAIR", "FLAIR"),
+    ("t1_vibe_fs_tra_KM", "T1c"),
+    ("T1W_TSE_Gd", "T1c"),
+    ("Axial T1 Spin Echo Post Gadolinium", "T1c"),
+    ("T2 FLAIR POST", "FLAIR"),
+    ("T1_SE_AX_CE", "T1c"),
+    ("T2W_FSE_AX", "T2"),
+    ("t2_tse_tra_320_p2", "T2"),
     # never chosen
     ("localizer", None),
     ("3-pl loc", None),
@@ -269,6 +285,11 @@ NAMES = [
     ("PD_TSE", None),
     ("T2*_GRE_tra", None),
     ("AX GRE", None),
+    ("T2_FFE", None),
+    ("T2 GRE", None),
+    ("T1 dynamic", None),
+    ("DISCO", None),
+    ("AX DIFFUSION", None),
     ("svs_se_135", None),
     ("PDWI_FSE_AX", None),
     ("STIR_COR", None),
@@ -364,11 +385,41 @@ def test_repeated_identical_t1_without_contrast_tag_later_is_t1c() -> None:
 
 def test_identical_t1s_with_a_contrast_tag_use_the_tag_not_the_order() -> None:
     # the earlier carries the tag (e.g. series numbers reassigned): the tag decides
+    loc = info("localizer", number=1, time="090000")
     a = t1se("T1", number=3, time="091000", ContrastBolusAgent="Dotarem")
     b = t1se("T1", number=9, time="093500")
-    result = assign_roles([a, b], [])
+    result = assign_roles([loc, a, b], [])
     assert result.roles[Role.T1C] == a.series_uid
     assert result.roles[Role.T1] == b.series_uid
+
+
+def test_contrast_tag_carried_over_from_registration_is_not_informative() -> None:
+    """Every series, the localizer included, carries the agent: order and names decide."""
+    tag = {"ContrastBolusAgent": "GADOVIST"}
+    loc = info("localizer", number=1, time="090000", **tag)
+    pre = t1se("t1_se_tra", number=3, time="091000", **tag)
+    t2 = t2tse("t2_tse_tra", number=4, time="091500", **tag)
+    post = t1se("t1_se_tra", number=9, time="093500", **tag)
+    result = assign_roles([loc, pre, t2, post], [])
+    assert result.roles[Role.T1] == pre.series_uid
+    assert result.roles[Role.T1C] == post.series_uid
+    assert "not informative" in result.decision(pre.series_uid).reason
+    # a pre-contrast word in the description also beats a carried-over tag
+    named = t1se("T1 SE AX PRE", number=3, time="091000", **tag)
+    result = assign_roles([loc, named, t2], [])
+    assert result.roles[Role.T1] == named.series_uid and result.roles[Role.T1C] is None
+
+
+def test_contrast_bolus_start_time_splits_pre_and_post() -> None:
+    tag = {"ContrastBolusAgent": "Gadolinium", "ContrastBolusStartTime": "092500"}
+    loc = info("3-plane loc", number=1, time="090000", AcquisitionTime="090000", **tag)
+    pre = t1se("Ax T1 SE", number=3, time="091000", AcquisitionTime="091012", **tag)
+    post = t1se("Ax T1 SE", number=8, time="093000", AcquisitionTime="093010", **tag)
+    result = assign_roles([loc, pre, post], [])
+    assert result.roles[Role.T1] == pre.series_uid
+    assert result.roles[Role.T1C] == post.series_uid
+    assert "acquired before ContrastBolusStartTime" in result.decision(pre.series_uid).reason
+    assert "after the bolus start" in result.decision(post.series_uid).reason
 
 
 def test_different_t1_protocols_do_not_infer_contrast() -> None:
