@@ -232,11 +232,11 @@ def orthanc(tmp_path_factory):
         log.close()
 
 
-def storescu(port: int, paths: list[Path]) -> None:
+def storescu(port: int, paths: list[Path], *options: str) -> None:
     import os
 
     proc = subprocess.run(
-        ["storescu", "-R", "-aec", "ORTHANC", "127.0.0.1", str(port), *map(str, paths)],
+        ["storescu", "-R", *options, "-aec", "ORTHANC", "127.0.0.1", str(port), *map(str, paths)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -254,19 +254,46 @@ def test_orthanc_files_outputs_in_the_source_study_and_reruns_add_nothing(orthan
     storescu(orthanc["port"], source_paths)
     storescu(orthanc["port"], [first.seg, first.sr, *first.overlay])
 
-    def series_by_modality() -> dict[str, int]:
-        [study] = orthanc["get"]("/studies")
-        info = orthanc["get"](f"/studies/{study}")
-        assert info["MainDicomTags"]["StudyInstanceUID"] == ds[0].StudyInstanceUID
-        out: dict[str, int] = {}
-        for s in orthanc["get"](f"/studies/{study}/series"):
-            modality = s["MainDicomTags"]["Modality"]
-            out[modality] = out.get(modality, 0) + len(s["Instances"])
-        return out
-
     expected = {"MR": 16, "SEG": 1, "SR": 1, "OT": len(first.overlay)}
-    assert series_by_modality() == expected
+    assert instances_by_modality(orthanc, ds[0].StudyInstanceUID) == expected
     assert len(orthanc["get"]("/patients")) == 1  # outputs carry the source's patient
     storescu(orthanc["port"], [second.seg, second.sr, *second.overlay])
-    assert series_by_modality() == expected
-    assert len(orthanc["get"]("/series")) == 4
+    assert instances_by_modality(orthanc, ds[0].StudyInstanceUID) == expected
+    [study] = [
+        s
+        for s in orthanc["get"]("/studies?expand")
+        if s["MainDicomTags"]["StudyInstanceUID"] == ds[0].StudyInstanceUID
+    ]
+    assert len(study["Series"]) == 4
+
+
+def instances_by_modality(orthanc, study_uid: str) -> dict[str, int]:
+    """Orthanc's view of one study: modality -> number of instances."""
+    [study] = [
+        s["ID"]
+        for s in orthanc["get"]("/studies?expand")
+        if s["MainDicomTags"]["StudyInstanceUID"] == study_uid
+    ]
+    out: dict[str, int] = {}
+    for s in orthanc["get"](f"/studies/{study}/series"):
+        modality = s["MainDicomTags"]["Modality"]
+        out[modality] = out.get(modality, 0) + len(s["Instances"])
+    return out
+
+
+def test_orthanc_accepts_rle_overlay(orthanc, tmp_path):
+    from pydicom.uid import RLELossless
+
+    ds = make_mr_series(8, 32, 32)
+    sc = build_overlay(
+        make_labels(8, 32, 32), ds, model_version=VERSION, transfer_syntax_uid=RLELossless
+    )
+    paths = write_datasets(sc, tmp_path)
+    for path in paths:
+        assert (
+            pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+            == RLELossless
+        )
+        assert dciodvfy_errors(path) == []
+    storescu(orthanc["port"], paths, "-xr")  # propose RLE Lossless (storescu cannot convert)
+    assert instances_by_modality(orthanc, ds[0].StudyInstanceUID) == {"OT": len(sc)}

@@ -122,3 +122,21 @@ def test_multiframe_source_pixels_and_frame_references():
             b.SourceImageSequence[0].ReferencedSOPInstanceUID
         )
         assert a.SourceImageSequence[0].ReferencedFrameNumber == 12 - k
+
+
+def test_rle_overlay_decodes_to_the_same_pictures(tmp_path):
+    from pydicom.uid import RLELossless
+
+    ds = make_mr_series(8, 32, 32)
+    labels = make_labels(8, 32, 32)
+    plain = build_overlay(labels, ds, model_version=VERSION)
+    rle = build_overlay(labels, ds, model_version=VERSION, transfer_syntax_uid=RLELossless)
+    paths = write_datasets(rle, tmp_path)
+    for a, path in zip(plain, paths, strict=True):
+        back = pydicom.dcmread(path)
+        assert back.file_meta.TransferSyntaxUID == RLELossless
+        np.testing.assert_array_equal(back.pixel_array, a.pixel_array)
+    with pytest.raises(OutputsError, match="transfer syntax"):
+        build_overlay(
+            labels, ds, model_version=VERSION, transfer_syntax_uid="1.2.840.10008.1.2.4.50"
+        )

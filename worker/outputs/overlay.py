@@ -28,6 +28,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
+from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless
 
 from . import uids
 from ._common import (
@@ -51,6 +52,7 @@ BANNER = "NOT FOR DIAGNOSTIC USE"
 MIN_SIDE_PX = 480
 MAX_ZOOM = 4
 ALPHA = 0.45
+OVERLAY_TRANSFER_SYNTAXES = frozenset({str(ExplicitVRLittleEndian), str(RLELossless)})
 
 _LEGEND: tuple[tuple[int, Region], ...] = (
     (LABEL_NECROTIC, Region.NECROTIC),
@@ -238,6 +240,7 @@ def build_overlay(
     slices: Literal["all", "tumour"] = "tumour",
     margin: int = 3,
     frame_numbers: Sequence[int] | None = None,
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
     series_number: int = DEFAULT_SERIES_NUMBER,
     instance_uid_seed: str | None = None,
 ) -> list[pydicom.Dataset]:
@@ -258,11 +261,19 @@ def build_overlay(
         "tumour": slices with labels plus ``margin`` neighbours each side; "all": every slice.
     frame_numbers
         For one multi-frame source (repeated in ``datasets``): the 1-based frame of each slice.
+    transfer_syntax_uid
+        Explicit VR Little Endian (default: every PACS and viewer takes it) or RLE Lossless
+        (about 3 times smaller, 35 ms more per instance; the receiver must accept RLE).
 
     Returns
     -------
     list of highdicom.sc.SCImage, InstanceNumber 1..n in ascending position along the normal.
     """
+    if transfer_syntax_uid not in OVERLAY_TRANSFER_SYNTAXES:
+        raise OutputsError(
+            f"overlay transfer syntax must be one of {sorted(OVERLAY_TRANSFER_SYNTAXES)}; "
+            f"got {transfer_syntax_uid!r}"
+        )
     datasets = list(datasets)
     arr = check_labels(labels, datasets)
     geom = slice_geometry(datasets, frame_numbers)
@@ -317,6 +328,7 @@ def build_overlay(
         try:
             sc = hd.sc.SCImage(
                 pixel_array=picture,
+                transfer_syntax_uid=UID(transfer_syntax_uid),
                 photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
                 bits_allocated=8,
                 coordinate_system=hd.CoordinateSystemNames.PATIENT,
