@@ -232,6 +232,7 @@ class Pipeline:
                     "elapsed_s": elapsed_s,
                     "status": status,
                     "detail": str(info.get("detail", "")),
+                    **{k: v for k, v in info.items() if k != "detail"},
                 },
             )
             log.info(
@@ -339,6 +340,10 @@ class Pipeline:
                 int(v): int(n) for v, n in zip(*np.unique(labels, return_counts=True), strict=True)
             }
             info["detail"] = f"model {segmenter.name} {segmenter.version}; voxels {counts}"
+            forward_s = getattr(segmenter, "forward_s", None)
+            if forward_s is not None:
+                info["forward_s"] = round(float(forward_s), 3)
+                info["detail"] += f"; forward passes {forward_s:.2f} s"
         _atomic_write(work / LABELS_FILE, lambda fh: np.save(fh, labels))
         model = {"name": segmenter.name, "version": segmenter.version}
         _atomic_write(work / MODEL_FILE, lambda fh: fh.write(json.dumps(model)), mode="w")
@@ -537,6 +542,7 @@ class ModelSegmenter:
         self.tta = tta
         self.threads = threads
         self._bundle: Any = None
+        self.forward_s = 0.0  # time inside the network's forward passes during the last call
 
     def load(self) -> Any:
         if self._bundle is None:
@@ -548,6 +554,7 @@ class ModelSegmenter:
 
             t0 = time.perf_counter()
             self._bundle = load_bundle(self.bundle_path, device=self.device)
+            self._time_forward_passes(self._bundle)
             log.info(
                 "model loaded",
                 extra={
@@ -558,6 +565,27 @@ class ModelSegmenter:
                 },
             )
         return self._bundle
+
+    def _time_forward_passes(self, bundle: Any) -> None:
+        """Add up the time spent in the network's forward passes (``forward_s`` of a call)."""
+        network = getattr(bundle, "network", None)
+        if network is None or not hasattr(network, "register_forward_hook"):
+            return
+        started: list[float] = []
+
+        def before(*_: Any) -> None:
+            started.append(time.perf_counter())
+
+        def after(*_: Any) -> None:
+            if started:
+                if str(getattr(bundle, "device", "cpu")).startswith("cuda"):
+                    import torch
+
+                    torch.cuda.synchronize()
+                self.forward_s += time.perf_counter() - started.pop()
+
+        network.register_forward_pre_hook(before)
+        network.register_forward_hook(after)
 
     @property
     def name(self) -> str:
@@ -576,7 +604,9 @@ class ModelSegmenter:
     ) -> np.ndarray:
         from model.inference import predict_case
 
-        return predict_case(self.load(), images, spacing_mm, brain_mask=brain_mask, tta=self.tta)
+        bundle = self.load()
+        self.forward_s = 0.0
+        return predict_case(bundle, images, spacing_mm, brain_mask=brain_mask, tta=self.tta)
 
 
 def write_output_files(
