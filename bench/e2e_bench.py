@@ -130,21 +130,22 @@ def run_case(
     store_s = time.time() - t_store
     results = []
     job = _wait(lambda: next(iter(store.list(study_uid=study.study_uid)), None), 300)
+    job_id = job.id
     for attempt in range(1, runs + 1):
         if attempt == 1:
-            job = _wait(lambda: _ended(store, job.id, 1), 900)
+            job = _wait(lambda: _ended(store, job_id, 1), 900)
             ready_ts = (
                 _ts(job.enqueued)
                 if getattr(job, "enqueued", None)
                 else _ts(job.steps[0]["started"])
             )
         else:
-            out = service.gliomaseg("retry", "--force", job.id)
+            out = service.gliomaseg("retry", "--force", job_id)
             if out.returncode != 0:
                 raise SystemExit(f"retry failed: {out.stderr}")
-            retry_events = [e for e in store.audit_events(job.id, event="retry")]
+            retry_events = [e for e in store.audit_events(job_id, event="retry")]
             ready_ts = _ts(retry_events[-1]["ts"])
-            job = _wait(lambda a=attempt: _ended(store, job.id, a), 900)
+            job = _wait(lambda a=attempt: _ended(store, job_id, a), 900)
         row = split(job, ready_ts, attempt)
         seg_uid = job.outputs.get("series", {}).get("T1c", {}).get("seg")
         row["seg_in_pacs"] = bool(
