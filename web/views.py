@@ -105,7 +105,7 @@ def timeline(job: dict[str, Any], events: list[dict[str, Any]]) -> list[dict[str
             "elapsed_s": (complete - received).total_seconds() if received else None,
             "status": "ok", "detail": "series chosen; job created",
         })  # fmt: skip
-    else:
+    elif job.get("state") == "waiting":
         rows.append({"label": "Study complete", "ts": None, "elapsed_s": None,
                      "status": "waiting", "detail": "waiting for the series to go quiet"})  # fmt: skip
     for step in job.get("steps") or []:
