@@ -65,7 +65,9 @@ INPUT_PREFIX = "input_"
 
 class JobStoreLike(Protocol):
     def get(self, job_id: str) -> Any: ...
-    def set_state(self, job_id: str, state: Any, reason: str | None = None) -> Any: ...
+    def set_state(
+        self, job_id: str, state: Any, reason: str | None = None, *, expect: Any = None
+    ) -> Any: ...
     def add_step(self, job_id: str, step: dict) -> None: ...
     def update(self, job_id: str, **fields: Any) -> Any: ...
 
@@ -257,12 +259,30 @@ class Pipeline:
 
     # -- stages ---------------------------------------------------------------------------------
 
-    def prepare(self, job_id: str) -> bool:
-        """Convert the four series and preprocess them; False when the job had already ended."""
+    def claim(self, job_id: str, *, redelivered: bool = False) -> bool:
+        """Move the job from ``queued`` to ``running`` (compare-and-set): True if this worker runs it.
+
+        A job already ``running`` is taken again only by a message the broker redelivered (the
+        worker that held it died); any other copy is a duplicate and is dropped, so two workers never
+        process one job.
+        """
+        from dicom_node.jobs import StateConflictError
+
         if not self.should_run(job_id):
             return False
+        allowed = ("queued", "running") if redelivered else ("queued",)
+        try:
+            self.store.set_state(job_id, "running", expect=allowed)
+        except StateConflictError:
+            log.info("job claimed by another message; dropping this one", extra={"job_id": job_id})
+            return False
+        return True
+
+    def prepare(self, job_id: str, *, redelivered: bool = False) -> bool:
+        """Convert the four series and preprocess them; False when this message has nothing to do."""
+        if not self.claim(job_id, redelivered=redelivered):
+            return False
         job = self.store.get(job_id)
-        self.store.set_state(job_id, "running")
         self.store.update(job_id, attempts=int(getattr(job, "attempts", 0) or 0) + 1)
         roles = dict(job.roles or {})
         missing = [role for role in ROLES if not roles.get(role)]

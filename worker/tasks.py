@@ -73,10 +73,14 @@ class StateAdapter:
     def __init__(self, store: Any) -> None:
         self._store = store
 
-    def set_state(self, job_id: str, state: Any, reason: str | None = None) -> Any:
+    def set_state(
+        self, job_id: str, state: Any, reason: str | None = None, *, expect: Any = None
+    ) -> Any:
         from dicom_node.jobs import JobState
 
-        return self._store.set_state(job_id, JobState(str(state)), reason=reason)
+        if expect is not None:
+            expect = [JobState(str(x)) for x in ([expect] if isinstance(expect, str) else expect)]
+        return self._store.set_state(job_id, JobState(str(state)), reason=reason, expect=expect)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -139,7 +143,8 @@ def _schedule_delivery(job_id: str, outcome: Any, attempt: int) -> None:
 @app.task(name=PROCESS_JOB, bind=True)
 def process_job(self: Any, job_id: str) -> None:
     """cpu: convert + preprocess, then hand the job to the GPU queue."""
-    if run_stage(self, job_id, "prepare", lambda p: p.prepare(job_id)):
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    if run_stage(self, job_id, "prepare", lambda p: p.prepare(job_id, redelivered=redelivered)):
         segment_job.apply_async(args=[job_id], queue=get_settings().queue.gpu_queue)
 
 

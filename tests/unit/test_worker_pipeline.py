@@ -189,3 +189,13 @@ def test_a_rejecting_peer_is_not_retried(tmp_path: Path) -> None:
     p, job_id = make(tmp_path, sender=sender, retries=5)
     assert p.run(job_id, sleep=lambda s: pytest.fail("must not retry")) == "delivery_failed"
     assert "rejected by the destination" in p.store.get(job_id).reason
+
+
+def test_only_one_message_claims_a_job(tmp_path: Path) -> None:
+    p, job_id = make(tmp_path)
+    assert p.claim(job_id) is True
+    assert p.store.get(job_id).state == "running"
+    assert p.claim(job_id) is False  # a duplicate message (the node re-sent it, say)
+    assert p.claim(job_id, redelivered=True) is True  # the broker redelivered: its worker died
+    p.store.set_state(job_id, "delivered")
+    assert p.claim(job_id, redelivered=True) is False
