@@ -137,11 +137,18 @@ def test_inputs_from_two_series_are_rejected():
 
 
 def test_no_patient_identifiers_in_logs(caplog):
+    """Every builder, with a tumour and without: the canary patient reaches no log record."""
+    from worker.outputs.overlay import build_overlay
+    from worker.outputs.sr import build_sr
+    from worker.outputs.volumes import region_volumes_ml
+
     ds = make_mr_series(6, 16, 16)
     with caplog.at_level(logging.DEBUG):
-        build_seg(Native(np.zeros((6, 16, 16), np.uint8), ds), model_version=VERSION)
-        build_seg(Native(make_labels(6, 16, 16), ds), model_version=VERSION)
-    text = "\n".join(r.getMessage() for r in caplog.records)
+        for labels in (np.zeros((6, 16, 16), np.uint8), make_labels(6, 16, 16)):
+            seg = build_seg(Native(labels, ds), model_version=VERSION)
+            build_sr(region_volumes_ml(labels, ds), seg, ds, model_version=VERSION)
+            build_overlay(labels, ds, model_version=VERSION)
+    text = "\n".join(f"{r.name} {r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert caplog.records, "expected highdicom to log at least its empty-frame notice"
     for phi in (CANARY_NAME, CANARY_ID, "CANARY", "ACC-CANARY-7", "19600101"):
         assert phi not in text
