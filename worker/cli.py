@@ -111,7 +111,8 @@ def worker(
 # gliomaseg resend / retry
 
 
-def _store_and_pipeline(settings: Settings) -> tuple[Any, Any]:
+def store_and_pipeline(settings: Settings) -> tuple[Any, Any]:
+    """The jobs store (states as strings) and a Pipeline with the real parts, for this process."""
     from dicom_node.jobs import JobStore
     from dicom_node.spool import Spool
     from worker.pipeline import Pipeline, default_deps, options_from
@@ -121,6 +122,9 @@ def _store_and_pipeline(settings: Settings) -> tuple[Any, Any]:
     return store, Pipeline(
         store, Spool(settings.spool.root), default_deps(settings), options_from(settings)
     )
+
+
+_store_and_pipeline = store_and_pipeline  # the web's actions import this name
 
 
 def _get_job(store: Any, job_id: str) -> Any:
@@ -151,7 +155,7 @@ def resend(ctx: click.Context, job_id: str, retries: int) -> None:
     from worker.pipeline import job_state
 
     settings = settings_from(ctx)
-    store, p = _store_and_pipeline(settings)
+    store, p = store_and_pipeline(settings)
     job = _get_job(store, job_id)
     if not (job.outputs or {}).get("files"):
         raise click.ClickException(
@@ -189,11 +193,10 @@ def resend(ctx: click.Context, job_id: str, retries: int) -> None:
 @click.pass_context
 def retry(ctx: click.Context, job_id: str, force: bool) -> None:
     """Process a failed job again from the start (queued for a worker)."""
-    from worker.app import PROCESS_JOB, configure
     from worker.pipeline import job_state
 
     settings = settings_from(ctx)
-    store, _ = _store_and_pipeline(settings)
+    store, _ = store_and_pipeline(settings)
     job = _get_job(store, job_id)
     state = job_state(job)
     if state not in ("failed", "delivery_failed") and not force:
@@ -202,15 +205,21 @@ def retry(ctx: click.Context, job_id: str, force: bool) -> None:
             f"(--force runs it again anyway)"
         )
     store.set_state(job_id, "queued", reason=None)
+    store.update(job_id, enqueued=None)
     _audit(store, "retry", job_id, {"from_state": state})
-    app = configure(settings)
+    # The node's hand-off: the same message, and while the broker is down the job stays queued
+    # and the node hands it off when the broker answers again.
+    from dicom_node.enqueue import CeleryEnqueuer, hand_off
+
+    enqueuer = CeleryEnqueuer(settings.queue.broker_url, settings.queue.cpu_queue)
     try:
-        app.send_task(PROCESS_JOB, args=[job_id], queue=settings.queue.cpu_queue)
-    except Exception as exc:  # broker down: the node re-enqueues queued jobs when it starts
-        raise click.ClickException(
-            f"job {job_id} is queued but the broker at queue.broker_url did not take it ({exc}); "
-            f"the node enqueues queued jobs when it starts"
-        ) from None
+        if not hand_off(store, enqueuer, job_id):
+            raise click.ClickException(
+                f"job {job_id} is queued, but the broker at queue.broker_url did not take it; "
+                f"the node hands it off when the broker answers again"
+            )
+    finally:
+        enqueuer.close()
     click.echo(f"job {job_id}: queued again (was {state})")
 
 
