@@ -199,12 +199,39 @@ def _read_all(paths: list[Path]) -> list[pydicom.Dataset]:
                 f"file {path.name} holds no image (SOP class {ds.get('SOPClassUID', '?')}); "
                 "a series to convert must contain images only"
             )
+        _check_pixel_length(ds, path)
         sop = str(ds.get("SOPInstanceUID", ""))
         if sop in seen:  # the same instance twice: keep one
             continue
         seen.add(sop)
         datasets.append(ds)
     return datasets
+
+
+def _check_pixel_length(ds: pydicom.Dataset, path: Path) -> None:
+    """A truncated file (interrupted transfer) shows as short native pixel data."""
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is None or ts.is_compressed or "PixelData" not in ds:
+        return
+    try:
+        expected = (
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("SamplesPerPixel", 1) or 1)
+            * int(ds.get("NumberOfFrames", 1) or 1)
+            * int(ds.BitsAllocated)
+            + 7
+        ) // 8
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ConversionError(
+            f"file {path.name}: the image pixel module is incomplete ({exc})"
+        ) from exc
+    received = len(ds.PixelData)
+    if received < expected:
+        raise ConversionError(
+            f"file {path.name} is truncated: pixel data must hold {expected} bytes; "
+            f"it holds {received}"
+        )
 
 
 def _single_series(datasets: list[pydicom.Dataset]) -> str:
