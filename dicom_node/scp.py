@@ -76,6 +76,12 @@ class Status:
     PROCESSING_FAILURE = 0x0110
 
 
+# pynetdicom's DUL loop sleeps this long whenever it finds no PDU (its default: 1 ms). 0 lets a
+# busy association run flat out (measured in bench/node_bench.py); None keeps pynetdicom's value.
+RUN_LOOP_DELAY_S: float | None = 0.0
+# Largest PDU we accept (0 = no limit): fewer, larger PDUs from the sender.
+MAXIMUM_PDU_SIZE = 0
+
 # A-ASSOCIATE-RJ (result, source, reason): rejected-permanent, service-user, ...
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # calling AE title not recognised
 
@@ -137,7 +143,7 @@ def build_ae(
     require_called_aet: bool = True,
     max_associations: int = 16,
     network_timeout_s: float = 60.0,
-    maximum_pdu_size: int = 0,
+    maximum_pdu_size: int | None = None,
 ) -> AE:
     """The Application Entity: Verification, MR storage (processed), SEG/SR/SC (ignored)."""
     ae = AE(ae_title=ae_title)
@@ -147,7 +153,7 @@ def build_ae(
     ae.acse_timeout = network_timeout_s
     ae.dimse_timeout = network_timeout_s
     # 0 = no limit: the peer may send whole instances in few large PDUs, far less per-PDU work.
-    ae.maximum_pdu_size = maximum_pdu_size
+    ae.maximum_pdu_size = MAXIMUM_PDU_SIZE if maximum_pdu_size is None else maximum_pdu_size
     ae.add_supported_context(Verification)
     for uid in PROCESSED_SOP_CLASSES:
         ae.add_supported_context(uid, MR_TRANSFER_SYNTAXES)
@@ -164,11 +170,13 @@ class Handlers:
         receiver: Receiver,
         *,
         allow_list: Sequence[str] = (),
-        run_loop_delay_s: float | None = 0.0,
+        run_loop_delay_s: float | None | str = "default",
     ) -> None:
         self.receiver = receiver
         self.allow_list = list(allow_list)
-        self.run_loop_delay_s = run_loop_delay_s
+        self.run_loop_delay_s = (
+            RUN_LOOP_DELAY_S if run_loop_delay_s == "default" else run_loop_delay_s
+        )
 
     def as_list(self) -> list[tuple[Any, Any]]:
         return [

@@ -65,7 +65,11 @@ class Node:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.spool = Spool(settings.spool.root, min_free_bytes=settings.spool.min_free_mb * 2**20)
+        self.spool = Spool(
+            settings.spool.root,
+            min_free_bytes=settings.spool.min_free_mb * 2**20,
+            fsync=settings.spool.fsync,
+        )
         self.store = store or JobStore(settings.database_url)
         self.enqueuer: Enqueuer = enqueuer or CeleryEnqueuer(
             settings.queue.broker_url, settings.queue.cpu_queue

@@ -9,7 +9,9 @@ Layout under ``root``::
 ``h(uid) = sha256(uid)[:32]``: no tag value ever becomes part of a path, so a UID such as
 ``../../etc`` cannot leave the spool. A write goes to ``tmp/``, is fsynced, renamed into place
 with ``os.replace`` and the directory is fsynced, all before the caller answers Success: an
-acknowledged instance survives a crash of the process or of the machine. The spool holds bytes
+acknowledged instance survives a crash of the process or of the machine. (``fsync=False``
+keeps the tmp + rename, so a killed process still loses nothing acknowledged, but a power cut
+may.) The spool holds bytes
 only; the jobs database holds state.
 """
 
@@ -48,9 +50,10 @@ class Stored:
 class Spool:
     """The spool folder. Thread-safe: concurrent associations write into it at once."""
 
-    def __init__(self, root: Path | str, *, min_free_bytes: int = 0) -> None:
+    def __init__(self, root: Path | str, *, min_free_bytes: int = 0, fsync: bool = True) -> None:
         self.root = Path(root).resolve()
         self.min_free_bytes = min_free_bytes
+        self.fsync = fsync
         self.studies = self.root / "studies"
         self.tmp = self.root / "tmp"
         for d in (self.studies, self.tmp):
@@ -126,14 +129,16 @@ class Spool:
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
-                os.fsync(fd)
+                if self.fsync:
+                    os.fdatasync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, final)
         except OSError:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(final.parent)
+        if self.fsync:
+            _fsync_dir(final.parent)
         return Stored(final, True, len(data))
 
     def _ensure_dir(self, d: Path) -> None:
@@ -142,9 +147,9 @@ class Spool:
         with self._dir_lock:
             if not d.is_dir():
                 d.mkdir(parents=True, exist_ok=True)
-                # Make the new folders themselves durable (study folder, then studies/).
-                _fsync_dir(d.parent)
-                _fsync_dir(d.parent.parent)
+                if self.fsync:  # make the new folders durable (study folder, then studies/)
+                    _fsync_dir(d.parent)
+                    _fsync_dir(d.parent.parent)
             self._known_dirs.add(d)
 
     def clean_tmp(self) -> int:
