@@ -17,7 +17,8 @@ Rule table (applied per series, in this order)
 3. **Never chosen** (heuristic exclusions), from ImageType / FrameType, the series description
    and protocol name, and the physics: localizer/scout/survey; derived or secondary images
    (ImageType DERIVED or SECONDARY), MPR/reformat, MIP/MinIP, subtraction; diffusion (DWI, DTI,
-   ADC, TRACE, FA, b-value > 0); perfusion (DSC, DCE, PWI, ASL, CBV/CBF/MTT); SWI/SWAN/phase
+   ADC, TRACE, FA, b-value > 0); perfusion and dynamic series (DSC, DCE, PWI, ASL, CBV/CBF/MTT,
+   NumberOfTemporalPositions > 1); SWI/SWAN/phase
    images; fMRI/BOLD and any echo-planar acquisition (ScanningSequence EP, MOSAIC); angiography
    (TOF, MRA, phase contrast); spectroscopy; balanced SSFP (CISS/FIESTA/TrueFISP).
 4. **MR physics** (times in ms; IR = ScanningSequence IR, an inversion time > 50, or
@@ -324,6 +325,7 @@ class Features:
     contrast_tag: str | None
     contrast_no: bool
     before_bolus: bool | None  # acquired before ContrastBolusStartTime (None: unknown)
+    temporal_positions: int
     orientation: str  # AX, COR, SAG or "" when unknown
     slice_mm: float | None
     n_slices: int
@@ -459,6 +461,7 @@ def features(info: SeriesInfo) -> Features:
         contrast_tag=agent,
         contrast_no=contrast_no,
         before_bolus=_before_bolus(ds),
+        temporal_positions=int(_float(_value(ds, "NumberOfTemporalPositions")) or 1),
         orientation=_orientation(ds, text),
         slice_mm=_float(lookup(ds, "SliceThickness")),
         n_slices=max(1, info.n_instances) * int(frames),
@@ -652,6 +655,8 @@ def _exclusion(f: Features) -> str | None:
             f"echo-planar acquisition (ScanningSequence {scanning}, sequence "
             f"'{f.sequence_name}'): diffusion, perfusion or fMRI"
         )
+    if f.temporal_positions > 1:
+        return f"dynamic series ({f.temporal_positions} temporal positions): perfusion/DCE"
     if f.b_value is not None and f.b_value > 0:
         return f"diffusion (b-value {f.b_value:g})"
     if re.match(r"(swi|tfi|ci3d|ci2d|tof|fl3d\d*r?_t)", seq):
@@ -1009,13 +1014,21 @@ def assign_roles(series: Sequence[SeriesInfo], rules: Sequence[ClassifyRule]) ->
 
 
 def _carried_over_tag(feats: Sequence[Features]) -> Features | None:
-    """The study's first series when it already carries a contrast tag (entered at registration
-    and copied into every series, so the tag says nothing about when contrast was given)."""
-    timed = [f for f in feats if f.when[0]]
-    if len(feats) < 2 or not timed:
+    """The study's first series when a contrast tag says nothing about timing: it is on every
+    MR image series, or already on the (strictly) first series acquired, e.g. entered at
+    registration and copied into every series."""
+    mr = [f for f in feats if f.modality in ("MR", "") and f.sop_class in _MR_SOP_CLASSES | {""}]
+    if len(mr) < 2:
         return None
-    first = min(timed, key=lambda f: f.when)
-    return first if first.contrast_tag and first.before_bolus is not True else None
+    ordered = sorted(mr, key=lambda f: (f.when[0] or "~", f.when[1]))
+    if all(f.contrast_tag for f in mr):
+        return ordered[0]
+    timed = [f for f in ordered if f.when[0]]
+    if len(timed) >= 2 and timed[0].when[0] < timed[1].when[0]:
+        first = timed[0]
+        if first.contrast_tag and first.before_bolus is not True:
+            return first
+    return None
 
 
 def _t1_contrast(f: Features, carried: Features | None) -> tuple[Role, str, str]:

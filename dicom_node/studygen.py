@@ -49,10 +49,13 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from config.errors import PermanentError
+
 __all__ = [
     "KINDS",
     "VENDORS",
     "SeriesWritten",
+    "VolumeError",
     "StudyWritten",
     "series_grid",
     "write_brats_case",
@@ -61,6 +64,12 @@ __all__ = [
 ]
 
 ROLES = ("T1", "T1c", "T2", "FLAIR")
+
+
+class VolumeError(PermanentError, ValueError):
+    """A volume or argument studygen cannot write as a DICOM series (message says why)."""
+
+
 #: Series kinds write_study knows: the four roles plus distractors a real study holds.
 KINDS = (
     "T1",
@@ -126,16 +135,16 @@ class StudyWritten:
 def _check_affine(affine: np.ndarray) -> np.ndarray:
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4):
-        raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
+        raise VolumeError(f"affine must be 4x4, got shape {affine.shape}")
     cols = affine[:3, :3]
     norms = np.linalg.norm(cols, axis=0)
     if np.any(norms <= 0):
-        raise ValueError(f"affine has a zero-length voxel axis: spacings {norms}")
+        raise VolumeError(f"affine has a zero-length voxel axis: spacings {norms}")
     unit = cols / norms
     gram = unit.T @ unit
     off = np.abs(gram - np.eye(3)).max()
     if off > 1e-3:
-        raise ValueError(
+        raise VolumeError(
             f"affine voxel axes must be orthogonal for a DICOM series (max |cos| = {off:.4f})"
         )
     return affine
@@ -166,7 +175,7 @@ def series_grid(
 
     volume = np.asarray(volume)
     if volume.ndim != 3:
-        raise ValueError(f"volume must be 3-D, got shape {volume.shape}")
+        raise VolumeError(f"volume must be 3-D, got shape {volume.shape}")
     affine = _check_affine(affine_ras)
     out = volume
     if oblique_deg:
@@ -209,9 +218,9 @@ def _to_int16(array: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Stored int16 values, slope and intercept so that value = stored * slope + intercept."""
     a = np.asarray(array)
     if a.size == 0:
-        raise ValueError("empty volume")
+        raise VolumeError("empty volume")
     if not np.all(np.isfinite(a)):
-        raise ValueError("volume holds NaN or infinite values")
+        raise VolumeError("volume holds NaN or infinite values")
     lo, hi = float(a.min()), float(a.max())
     integral = np.issubdtype(a.dtype, np.integer) or bool(np.all(a == np.round(a)))
     if integral and lo >= -32768 and hi <= 32767:
@@ -524,15 +533,15 @@ def write_study(
     """
     vendor = vendor.lower()
     if vendor not in VENDORS:
-        raise ValueError(f"vendor must be one of {VENDORS}, got {vendor!r}")
+        raise VolumeError(f"vendor must be one of {VENDORS}, got {vendor!r}")
     if t1_technique not in ("se", "mprage"):
-        raise ValueError(f"t1_technique must be 'se' or 'mprage', got {t1_technique!r}")
+        raise VolumeError(f"t1_technique must be 'se' or 'mprage', got {t1_technique!r}")
     if not volumes:
-        raise ValueError("no volumes given")
+        raise VolumeError("no volumes given")
     kinds_map = {key: (kinds or {}).get(key, key) for key in volumes}
     for key, kind in kinds_map.items():
         if kind not in KINDS:
-            raise ValueError(f"series {key!r}: kind must be one of {KINDS}, got {kind!r}")
+            raise VolumeError(f"series {key!r}: kind must be one of {KINDS}, got {kind!r}")
     overrides = overrides or {}
     descriptions = descriptions or {}
     out_dir = Path(out_dir)
@@ -796,7 +805,7 @@ def parse_tcia_name(filename: str) -> dict[str, Any]:
     tail = "_" + tail.split("_", 1)[1] if tail.startswith("TCGA-") else "_" + tail
     m = _TCIA_NAME.search(tail)
     if m is None:
-        raise ValueError(
+        raise VolumeError(
             f"TCIA file name {filename!r} does not end in "
             "<description>_<number>_<sequence>_<t1|t1c|t2|fla>.nii.gz"
         )
@@ -825,7 +834,7 @@ def write_tcia_native_case(case_dir: Path, out_dir: Path, **kw: Any) -> StudyWri
         parts = parse_tcia_name(path.name)
         role = parts["role"]
         if role in volumes:
-            raise ValueError(f"two files for {role} in {case_dir}")
+            raise VolumeError(f"two files for {role} in {case_dir}")
         img = nib.load(path)
         volumes[role] = (np.asanyarray(img.dataobj), img.affine)
         descriptions[role] = parts["description"]

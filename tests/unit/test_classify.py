@@ -357,6 +357,13 @@ def test_image_type_exclusions_beat_perfect_t1_physics(image_type: list[str], wo
     assert result.series[0].reason.startswith("not chosen")
 
 
+def test_dynamic_series_is_never_chosen() -> None:
+    dce = t1se("Ax T1 SE", NumberOfTemporalPositions=40, ContrastBolusAgent="Gd")
+    result = assign_roles([dce], [])
+    assert result.roles[Role.T1C] is None
+    assert "40 temporal positions" in result.series[0].reason
+
+
 def test_our_own_outputs_are_never_chosen_even_by_a_rule() -> None:
     seg = info(
         "GLIOMASEG tumour segmentation", Modality="SEG", SOPClassUID="1.2.840.10008.5.1.4.1.1.66"
