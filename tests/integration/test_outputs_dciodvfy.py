@@ -125,8 +125,8 @@ def brats_series(datasets: Path, out: Path, **grid) -> tuple[np.ndarray, list[py
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "grid",
-    [dict(), dict(oblique_deg=15.0), dict(slice_mm=5.0)],
-    ids=["1mm-240x240x155", "oblique-15deg", "5mm"],
+    [dict(), dict(oblique_deg=15.0, slice_mm=3.0), dict(slice_mm=5.0)],
+    ids=["1mm-240x240x155", "oblique-15deg-3mm", "5mm"],
 )
 def test_brats_series_outputs_validate(datasets, grid, tmp_path):
     labels, ds = brats_series(datasets, tmp_path / "study", **grid)
