@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -35,7 +36,7 @@ from config.settings import Settings
 from web import auth, views
 from web.backend import Actions, ActionUnavailable, DefaultActions, open_store
 from web.metrics import JobsCollector, render
-from web.viewer import LABELS_FILE, Plane, VolumeCache, cut, png_bytes
+from web.viewer import LABELS_FILE, REFERENCE_FILE, Plane, VolumeCache, cut, png_bytes
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ def create_app(
         settings.queue.broker_url,
         [settings.queue.cpu_queue, settings.queue.gpu_queue],
     )
+    build_lock = threading.Lock()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["fmt_duration"] = views.fmt_duration
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -177,14 +179,48 @@ def create_app(
         d = outputs_dir(job_id)
         return sorted(d.rglob("*.dcm")) if d.is_dir() else []
 
+    def viewer_dir(job: Any) -> Path | None:
+        """Where the job's viewer NIfTI files are: the worker's outputs, else the web's cache."""
+        for d in (outputs_dir(job.id), spool.root / "web" / job.id):
+            if (d / LABELS_FILE).is_file() and (d / REFERENCE_FILE).is_file():
+                return d
+        return None
+
+    def reference_files(job: Any) -> list[Path]:
+        for role in settings.outputs.reference_roles:
+            uid = (job.roles or {}).get(role)
+            if uid:
+                return spool.series_files(job.study_uid, uid)
+        return []
+
+    def built_viewer_dir(job: Any) -> Path | None:
+        """viewer_dir, else rebuilt once from the reference series and the DICOM-SEG (fromdicom)."""
+        from web.fromdicom import find_seg, write_viewer_files
+
+        seg = find_seg(dicom_outputs(job.id))
+        found = viewer_dir(job)
+        cache = spool.root / "web" / job.id
+        if found is not None and (
+            found != cache
+            or seg is None
+            or seg.stat().st_mtime <= (cache / LABELS_FILE).stat().st_mtime
+        ):
+            return found
+        files = reference_files(job)
+        if seg is None or not files:
+            return None
+        with build_lock:
+            write_viewer_files(files, seg, cache)
+        return cache
+
     def detail(job: Any) -> JobDetail:
-        d = outputs_dir(job.id)
-        has_labels = (d / LABELS_FILE).is_file()
+        n_dicom = len(dicom_outputs(job.id))
+        ready = viewer_dir(job) is not None
         return JobDetail(
             job=views.job_json(job),
-            has_viewer=has_labels and (d / "reference.nii.gz").is_file(),
-            has_labels=has_labels,
-            n_dicom_outputs=len(dicom_outputs(job.id)),
+            has_viewer=ready or (n_dicom > 0 and bool(reference_files(job))),
+            has_labels=ready or (n_dicom > 0 and bool(reference_files(job))),
+            n_dicom_outputs=n_dicom,
         )
 
     def patient(job: Any) -> Patient:
@@ -310,9 +346,11 @@ def create_app(
 
     # -- viewer and downloads -----------------------------------------------------------------------
     def volume(job_id: str) -> Any:
-        get_job(job_id)
+        d = built_viewer_dir(get_job(job_id))
+        if d is None:
+            raise HTTPException(404, detail="the job has no segmentation to show (yet)")
         try:
-            return app.state.volumes.get(outputs_dir(job_id))
+            return app.state.volumes.get(d)
         except FileNotFoundError as exc:
             raise HTTPException(404, detail=str(exc)) from None
 
@@ -341,10 +379,10 @@ def create_app(
     @app.get("/api/jobs/{job_id}/labels.nii.gz", dependencies=api, tags=["downloads"],
              response_class=FileResponse, summary="The label map NIfTI (0, 1 necrotic, 2 edema, 4 enhancing)")  # fmt: skip
     def api_labels(job_id: str) -> FileResponse:
-        get_job(job_id)
-        path = outputs_dir(job_id) / LABELS_FILE
-        if not path.is_file():
+        d = built_viewer_dir(get_job(job_id))
+        if d is None:
             raise HTTPException(404, detail="the job has no label map (yet)")
+        path = d / LABELS_FILE
         return FileResponse(path, media_type="application/gzip", filename=f"{job_id}-labels.nii.gz")
 
     @app.get("/api/jobs/{job_id}/outputs.zip", dependencies=api, tags=["downloads"],
