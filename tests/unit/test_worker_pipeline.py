@@ -199,3 +199,63 @@ def test_only_one_message_claims_a_job(tmp_path: Path) -> None:
     assert p.claim(job_id, redelivered=True) is True  # the broker redelivered: its worker died
     p.store.set_state(job_id, "delivered")
     assert p.claim(job_id, redelivered=True) is False
+
+
+class FakeTask:
+    """Celery's task-side API that run_stage uses: request.retries and retry()."""
+
+    class Retry(Exception):
+        pass
+
+    def __init__(self, retries: int) -> None:
+        self.request = SimpleNamespace(retries=retries)
+        self.countdowns: list[float] = []
+
+    def retry(self, *, exc: Exception, countdown: float) -> Exception:
+        self.countdowns.append(countdown)
+        return FakeTask.Retry(str(exc))
+
+
+def test_run_stage_decides_the_fate_of_a_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.tasks as tasks
+
+    p, job_id = make(tmp_path)
+    monkeypatch.setattr(tasks, "pipeline", lambda: p)
+
+    def boom(exc: Exception):
+        def fn(_: Any) -> Any:
+            raise exc
+
+        return fn
+
+    task = FakeTask(retries=0)
+    with pytest.raises(FakeTask.Retry):
+        tasks.run_stage(task, job_id, "send", boom(TransientError("broker gone")))
+    assert task.countdowns and task.countdowns[0] > 0
+    assert p.store.get(job_id).state == "queued"  # untouched while retrying
+
+    tasks.run_stage(
+        FakeTask(retries=tasks.TRANSIENT_RETRIES),
+        job_id,
+        "send",
+        boom(TransientError("broker gone")),
+    )
+    assert p.store.get(job_id).state == "failed"
+    assert "gave up after" in p.store.get(job_id).reason
+
+    p.store.set_state(job_id, "running")
+    tasks.run_stage(
+        FakeTask(retries=0), job_id, "outputs", boom(ZeroDivisionError("division by zero"))
+    )
+    job = p.store.get(job_id)
+    assert (
+        job.state == "failed"
+        and job.reason == "internal error in outputs: ZeroDivisionError: division by zero"
+    )
+
+    p.store.set_state(job_id, "running")
+    tasks.run_stage(FakeTask(retries=0), job_id, "convert", boom(ConversionError("T2: no image")))
+    assert p.store.get(job_id).reason == "T2: no image"
+    assert tasks.run_stage(FakeTask(retries=0), job_id, "x", lambda _: 42) == 42
