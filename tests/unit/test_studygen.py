@@ -284,3 +284,15 @@ def test_brats_case_thick_slices_and_labels(datasets: Path, tmp_path: Path) -> N
     )
     assert labels.shape == s.shape and np.allclose(affine, s.affine_ras)
     assert set(np.unique(labels)) <= {0, 1, 2, 4}
+
+
+def test_fast_writer_matches_pydicom_save_as(
+    full_study: studygen.StudyWritten, tmp_path: Path
+) -> None:
+    """Files are concatenated from pre-encoded pieces: they must equal pydicom's own encoding."""
+    for key in ("T1", "FLAIR"):
+        path = full_study.series[key].paths[-1]
+        ds = pydicom.dcmread(path)
+        ds.save_as(tmp_path / "again.dcm", enforce_file_format=True)
+        assert path.read_bytes() == (tmp_path / "again.dcm").read_bytes()
+        assert [e.tag for e in ds] == sorted(e.tag for e in ds)
