@@ -709,3 +709,29 @@ def test_malformed_header_values_do_not_crash() -> None:
     assert result.series[0].series_number is None
     assert result.roles[Role.T1] == s.series_uid  # the description still tells
     assert "TR ? ms" in result.series[0].reason
+
+
+def test_cli_applies_admin_rules_from_the_toml_file(
+    studies: dict[str, studygen.StudyWritten], tmp_path: Path
+) -> None:
+    from gliomaseg.cli import cli
+
+    study = studies["ge"]
+    root = study.series["T1"].paths[0].parent.parent
+    config = tmp_path / "gliomaseg.toml"
+    config.write_text(
+        "[[classify.rules]]\n"
+        'name = "FLAIR by number"\n'
+        'role = "ignore"\n'
+        'match = { SeriesDescription = "flair" }\n'
+        "ranges = { SeriesNumber = [1, 99] }\n"
+    )
+    res = CliRunner().invoke(
+        cli, ["--config", str(config), "classify", str(root), "--json"], obj={}
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["roles"]["FLAIR"] is None
+    flair_uid = study.series["FLAIR"].series_uid
+    (entry,) = [e for e in data["series"] if e["series_uid"] == flair_uid]
+    assert entry["reason"].startswith("not chosen: admin rule 'FLAIR by number' ignores it")
