@@ -322,10 +322,12 @@ class Pipeline:
         # map-back needs, to a small pickle with the reference volumes.
         images = dict(prepared.images)
         for role, array in images.items():
-            _atomic_write(work / f"{INPUT_PREFIX}{role}.npy", lambda fh, a=array: np.save(fh, a))
+            _save_npy(work / f"{INPUT_PREFIX}{role}.npy", array)
         light = prepared
-        if dataclasses.is_dataclass(prepared) and any(
-            f.name == "images" for f in dataclasses.fields(prepared)
+        if (
+            dataclasses.is_dataclass(prepared)
+            and not isinstance(prepared, type)
+            and any(f.name == "images" for f in dataclasses.fields(prepared))
         ):
             light = dataclasses.replace(prepared, images={})
         keep = {role: volumes[role] for role in self.options.reference_roles}
@@ -352,7 +354,7 @@ class Pipeline:
         with self.step(job_id, "segment") as info:
             labels = segmenter(
                 images,
-                tuple(float(s) for s in prepared.spacing_mm),
+                _spacing(prepared.spacing_mm),
                 brain_mask=getattr(prepared, "brain_mask", None),
             )
             labels = np.asarray(labels, dtype=np.uint8)
@@ -497,6 +499,15 @@ class Pipeline:
                 f"the prepare stage left nothing in {work} (was the work folder removed, or is the "
                 f"spool not shared between the CPU and GPU workers?)"
             ) from exc
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    _atomic_write(path, lambda fh: np.save(fh, array))
+
+
+def _spacing(values: Any) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in values)
+    return (x, y, z)
 
 
 def output_paths(job: Any) -> list[Path]:
