@@ -485,11 +485,11 @@ def create_app(
         import hmac
 
         if not hmac.compare_digest(token.strip().encode(), app.state.token.encode()):
-            resp = render_page(
+            form = render_page(
                 request, "login.html", next=_safe_next(next), error="That token is not valid."
             )
-            resp.status_code = 401
-            return resp
+            form.status_code = 401
+            return form
         resp = RedirectResponse(_safe_next(next), status_code=303)
         resp.set_cookie(auth.COOKIE, app.state.token, httponly=True, samesite="strict",
                         secure=request.url.scheme == "https", max_age=12 * 3600)  # fmt: skip

@@ -79,14 +79,14 @@ class BuiltinPacs:
 
     def start(self) -> None:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-        from pynetdicom.sop_class import Verification
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
         self.folder.mkdir(parents=True, exist_ok=True)
         ae = AE(self.ae_title)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, _nodelay)]
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, _nodelay)]
         self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
 
     def _on_store(self, event: Any) -> int:
@@ -252,7 +252,7 @@ def _case_truth(case: Path) -> dict[str, float] | None:
     import nibabel as nib
     import numpy as np
 
-    img = nib.load(segs[0])
+    img: Any = nib.load(segs[0])
     lab = np.asanyarray(img.dataobj)
     ml = float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0
     n = {v: int((lab == v).sum()) for v in (1, 2, 4)}

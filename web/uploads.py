@@ -136,7 +136,7 @@ def nifti_to_dicom(files: Mapping[str, Path], out_dir: Path, *, patient_id: str)
     volumes: dict[str, tuple[Any, Any]] = {}
     for role, path in files.items():
         try:
-            img = nib.load(path)
+            img: Any = nib.load(path)
             data = np.asanyarray(img.dataobj)
         except Exception as exc:
             raise PermanentError(
