@@ -1,4 +1,4 @@
-"""``gliomaseg node``, ``echo``, ``jobs``, ``job`` and ``classify``."""
+"""``gliomaseg node``, ``echo``, ``jobs`` and ``job`` (``classify`` lives in classify_cli.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import signal
 import sys
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import click
@@ -134,29 +133,3 @@ def job(ctx: click.Context, job_id: str, as_json: bool) -> None:
                 click.echo(f"  {line}")
         else:
             click.echo(f"{key}: {value}")
-
-
-@click.command("classify")
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
-@click.pass_context
-def classify(ctx: click.Context, folder: Path, as_json: bool) -> None:
-    """Decide which series of a folder of DICOM files is T1, T1c, T2 and FLAIR, with reasons."""
-    settings = settings_from(ctx)
-    from dicom_node import classify as classify_mod
-
-    result = classify_mod.assign_roles(
-        classify_mod.series_infos_from_dir(folder), settings.classify.rules
-    )
-    data = result.to_json()
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    for role, uid in data["roles"].items():
-        click.echo(f"{role:6} {uid or '-- not found'}")
-    click.echo("")
-    for s in data["series"]:
-        click.echo(
-            f"#{s.get('series_number')} {s.get('description')!r}: {s.get('role') or '-'} "
-            f"({s.get('reason')})"
-        )
