@@ -1104,9 +1104,8 @@ def series_infos_from_dir(path: Path) -> list[SeriesInfo]:
     sops: dict[str, set[str]] = {}
     skipped = 0
     for file in sorted(_files(path)):
-        try:
-            ds = pydicom.dcmread(file, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, AttributeError):
+        ds = _read_header(file)
+        if ds is None:
             skipped += 1
             continue
         uid = str(_value(ds, "SeriesInstanceUID") or "")
@@ -1126,6 +1125,24 @@ def series_infos_from_dir(path: Path) -> list[SeriesInfo]:
     infos = [SeriesInfo(uid, ds, len(sops[uid])) for uid, (_, ds) in reps.items()]
     infos.sort(key=lambda s: (_float(_value(s.headers, "SeriesNumber")) or 0, s.series_uid))
     return infos
+
+
+def _read_header(file: Path) -> pydicom.Dataset | None:
+    """Headers without pixel data; files without preamble/meta (raw datasets, as some exports
+    write) are read too when they hold a SOP class and a series UID. None for anything else."""
+    try:
+        return pydicom.dcmread(file, stop_before_pixels=True)
+    except InvalidDicomError:
+        pass
+    except Exception:
+        return None
+    try:
+        ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
+        if _value(ds, "SOPClassUID") and _value(ds, "SeriesInstanceUID"):
+            return ds
+    except Exception:
+        return None
+    return None
 
 
 def _files(root: Path) -> Iterable[Path]:

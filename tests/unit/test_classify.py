@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from click.testing import CliRunner
 from pydicom.dataset import Dataset
@@ -654,7 +655,15 @@ def test_series_infos_skip_non_dicom_and_count_instances(
     assert by_uid[t1.series_uid].n_instances == len(t1.paths)
     assert "PixelData" not in by_uid[t1.series_uid].headers
     assert by_uid[t1.series_uid].headers.InstanceNumber == 1
+    raw = pydicom.dcmread(t1.paths[0])  # a dataset without preamble and meta (some exports)
+    raw.preamble = None
+    raw.file_meta = pydicom.dataset.FileMetaDataset()
+    pydicom.dcmwrite(tmp_path / "raw", raw, enforce_file_format=False, implicit_vr=True)
+    (raw_info,) = series_infos_from_dir(tmp_path)
+    assert raw_info.series_uid == t1.series_uid
+    (tmp_path / "raw").unlink()
     (tmp_path / "README.txt").write_text("not dicom")
+    (tmp_path / "noise.bin").write_bytes(bytes(range(256)) * 40)
     (tmp_path / "trunc.dcm").write_bytes(t1.paths[0].read_bytes()[:200])
     assert series_infos_from_dir(tmp_path) == []
     with pytest.raises(NotADirectoryError):
