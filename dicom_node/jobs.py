@@ -156,6 +156,10 @@ def _aware(dt: datetime | None) -> datetime | None:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
+def _utc(dt: datetime) -> datetime:
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
 def _to_job(row: _JobRow) -> Job:
     return Job(
         id=row.id,
@@ -167,8 +171,8 @@ def _to_job(row: _JobRow) -> Job:
         roles=dict(row.roles or {}),
         classification=list(row.classification or []),
         reason=row.reason,
-        created=_aware(row.created),
-        updated=_aware(row.updated),
+        created=_utc(row.created),
+        updated=_utc(row.updated),
         steps=list(row.steps or []),
         volumes_ml=dict(row.volumes_ml or {}),
         outputs=dict(row.outputs or {}),
@@ -392,7 +396,7 @@ class JobStore:
             rows = list(s.scalars(stmt))
         return [
             {
-                "ts": _aware(r.ts).isoformat(),
+                "ts": _utc(r.ts).isoformat(),
                 "event": r.event,
                 "job_id": r.job_id,
                 "detail": dict(r.detail or {}),

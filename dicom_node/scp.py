@@ -34,7 +34,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
+from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from config.logs import ref
 from dicom_node.routing import (
@@ -46,6 +46,8 @@ from dicom_node.routing import (
 from dicom_node.spool import Spool, SpoolFullError
 
 log = logging.getLogger(__name__)
+
+Verification = "1.2.840.10008.1.1"  # Verification SOP Class
 
 # Transfer syntaxes accepted for the MR classes (decoders for all are installed).
 MR_TRANSFER_SYNTAXES: list[str] = [
@@ -178,7 +180,7 @@ class Handlers:
             RUN_LOOP_DELAY_S if run_loop_delay_s == "default" else run_loop_delay_s
         )
 
-    def as_list(self) -> list[tuple[Any, Any]]:
+    def as_list(self) -> list[Any]:
         return [
             (evt.EVT_CONN_OPEN, self.on_conn_open),
             (evt.EVT_REQUESTED, self.on_requested),

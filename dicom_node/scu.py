@@ -17,13 +17,14 @@ import pydicom
 from pydantic import BaseModel, ConfigDict, Field
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom.sop_class import Verification
 
 from config.errors import PermanentError, TransientError
 from config.logs import ref
 from config.settings import Peer
 
 log = logging.getLogger(__name__)
+
+Verification = "1.2.840.10008.1.1"  # Verification SOP Class
 
 MAX_CONTEXTS = 128
 
@@ -52,7 +53,7 @@ def _nodelay(event: Any) -> None:
         log.debug("could not set TCP_NODELAY", exc_info=True)
 
 
-_HANDLERS = [(evt.EVT_CONN_OPEN, _nodelay)]
+_HANDLERS: list[Any] = [(evt.EVT_CONN_OPEN, _nodelay)]
 
 
 def _ae(calling_ae: str, timeout_s: float) -> AE:
