@@ -47,7 +47,9 @@ Rule table (applied per series, in this order)
    Siemens, GE, Philips, Hitachi, Canon styles): ``T2*``/``GRE`` and ``PD`` give no role;
    ``T1`` together with ``FLAIR`` (T1-FLAIR) is T1; ``FLAIR``/``dark-fluid`` is FLAIR;
    ``T1``/``T1W``/``MPRAGE``/``BRAVO``/``SPGR``/``TFE``/``VIBE`` is T1; ``T2``/``T2W`` is T2.
-   When physics is conclusive and the description disagrees, physics wins (the reason says so).
+   When physics is conclusive and the description disagrees, physics wins (the reason says so),
+   except a series named FLAIR whose headers record no inversion but TR >= 4500 ms and a
+   long TE: it stays FLAIR (an unrecorded inversion pulse is likelier than a misnamed T2).
 5. **Post-contrast** (T1 vs T1c), first that applies: acquired before ContrastBolusStartTime ->
    pre; ContrastBolusAgentAdministered NO -> pre; a pre-contrast word in the description
    (``pre``, ``non contrast``, ``w/o``, ``without``, ``nativ``, ``plain``, ``sin``/``sans``/
@@ -935,7 +937,25 @@ def assign_roles(series: Sequence[SeriesInfo], rules: Sequence[ClassifyRule]) ->
             continue
         phys = _physics(f)
         desc = _from_description(f)
-        if phys.conclusive:
+        if (
+            phys.conclusive
+            and phys.role == "T2"
+            and desc.role == "FLAIR"
+            and f.tr_ms is not None
+            and f.tr_ms >= 4500
+        ):
+            # No inversion recorded is weaker than a FLAIR name: long TR and TE fit a FLAIR
+            # whose IR the headers do not state.
+            verdict, evidence = (
+                _Verdict(
+                    "FLAIR",
+                    f"{desc.reason} (headers record no inversion, but {phys.reason[4:]} "
+                    "fits a FLAIR)",
+                    False,
+                ),
+                1,
+            )
+        elif phys.conclusive:
             verdict, evidence = phys, 2
             if desc.role and desc.role != phys.role:
                 verdict = _Verdict(

@@ -322,6 +322,21 @@ def test_physics_wins_over_a_lying_description() -> None:
     assert "MR physics wins" in result.decision(fl.series_uid).reason
 
 
+def test_flair_name_without_recorded_inversion_stays_flair() -> None:
+    fl = info(
+        "Ax T2 FLAIR",
+        ScanningSequence="SE",
+        RepetitionTime="9000",
+        EchoTime="120",
+        InversionTime="0",
+    )
+    t2 = info("Ax T2 FLAIR", ScanningSequence="SE", RepetitionTime="3000", EchoTime="90", number=2)
+    result = assign_roles([fl, t2], [])
+    assert role_of(result, fl) is Role.FLAIR
+    assert "headers record no inversion" in result.decision(fl.series_uid).reason
+    assert role_of(result, t2) is Role.T2  # TR 3000 cannot be a FLAIR: physics wins
+
+
 def test_description_naming_t1_on_a_diffusion_series_is_not_chosen() -> None:
     dwi = info("t1_se_tra", ScanningSequence="EP", RepetitionTime="5000", EchoTime="90")
     b = info(
