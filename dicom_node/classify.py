@@ -60,7 +60,8 @@ Rule table (applied per series, in this order)
    and copied into every series: not informative); a post-contrast word (``+C``, ``C+``,
    ``post``, ``Gd``, ``Gad``, ``gado*``, ``contrast``, ``KM``, ``CE``, ``MDC``, ``enhanced``,
    ``T1c``, ``w/ c``, agent names such as Gadavist, Dotarem, MultiHance) -> post; else unknown.
-6. **Tie-breaks** when several series fit one role, in order: assigned by an admin rule; for T1,
+6. **Tie-breaks** when several series fit one role, in order: assigned by an admin rule; at
+   least 10 slices (fewer cannot cover a brain); for T1,
    the same protocol as the chosen T1c (a matched pre/post pair); stronger evidence (conclusive physics over description or scanner label alone); axial; thinner slices;
    more slices; the later series (SeriesDate/SeriesTime, then SeriesNumber). When no series has
    contrast evidence, **the later of two identical T1 protocols** (same sequence type, sequence
@@ -837,12 +838,16 @@ def _same_protocol(a: Features, b: Features) -> bool:
     )
 
 
+_MIN_SLICES = 10  # fewer slices cannot cover a brain: ranked after every fuller series
+
+
 def _rank(c: _Candidate, partner: Features | None = None) -> tuple[Any, ...]:
     """Preference order; ``partner`` is the chosen T1c when ranking T1 candidates."""
     slice_mm = c.f.slice_mm if c.f.slice_mm is not None else math.inf
     pairs = partner is not None and _same_protocol(c.f, partner)
     return (
         c.by_rule,
+        c.f.n_slices >= _MIN_SLICES,
         pairs,
         c.evidence,
         c.f.orientation == "AX",
@@ -856,6 +861,8 @@ def _why_preferred(win: _Candidate, lose: _Candidate, partner: Features | None) 
     a, b = _rank(win, partner), _rank(lose, partner)
     labels = [
         "assigned by an admin rule",
+        f"covers a volume ({win.f.n_slices} slices; fewer than {_MIN_SLICES} is a partial "
+        "acquisition)",
         "same protocol as the chosen T1c",
         "stronger evidence (conclusive physics)",
         f"axial over {lose.f.orientation or 'unknown orientation'}",

@@ -537,6 +537,11 @@ def test_tie_break_prefers_axial_then_thinner_then_more_slices_then_later() -> N
     assert result.roles[Role.T2] == many.series_uid
     assert "more slices (40 vs 20)" in result.decision(few.series_uid).reason
 
+    partial = t2tse("T2 ax thin", number=7, SliceThickness="1", n=3)
+    result = assign_roles([ax5, partial], [])
+    assert result.roles[Role.T2] == ax5.series_uid
+    assert "covers a volume" in result.decision(partial.series_uid).reason
+
     early = t2tse("T2", number=5, time="090000")
     late = t2tse("T2", number=6, time="091500")
     assert assign_roles([late, early], []).roles[Role.T2] == late.series_uid
