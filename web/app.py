@@ -143,6 +143,12 @@ def create_app(
         settings.queue.broker_url,
         [settings.queue.cpu_queue, settings.queue.gpu_queue],
     )
+    try:
+        from web.configaudit import record_config
+
+        record_config(app.state.store, settings.masked(), process="web")
+    except Exception:  # the dashboard still starts; the failure is logged
+        log.exception("could not record the configuration in the audit trail")
     build_lock = threading.Lock()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["fmt_duration"] = views.fmt_duration
@@ -523,7 +529,8 @@ def create_app(
 
     @app.get("/config", include_in_schema=False, dependencies=page)
     def config_page(request: Request) -> HTMLResponse:
-        return render_page(request, "config.html", config=settings.masked())
+        history = app.state.store.audit_events(event="config", limit=20)
+        return render_page(request, "config.html", config=settings.masked(), history=history[::-1])
 
     @app.get("/peers", include_in_schema=False, dependencies=page)
     def peers_page(request: Request) -> HTMLResponse:

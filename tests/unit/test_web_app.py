@@ -292,3 +292,24 @@ def test_metrics_count_jobs_steps_and_deliveries(env, job):
     assert 'gliomaseg_step_duration_seconds_bucket{le="2.5",step="segment"} 1.0' in text
     assert 'gliomaseg_deliveries_total{outcome="ok",peer="PACS"} 1.0' in text
     assert "gliomaseg_studies_completed_total 1.0" in text
+
+
+def test_configuration_changes_are_audited_at_start(tmp_path):
+    (tmp_path / "spool").mkdir()
+
+    def start(port: int) -> TestClient:
+        settings = Settings(
+            spool={"root": str(tmp_path / "spool")}, web={"token": TOKEN}, dicom={"port": port}
+        )
+        return TestClient(create_app(settings, store=JobStore(settings.database_url)))
+
+    start(11112)
+    start(11112)  # unchanged: nothing new
+    client = start(104)
+    events = client.app.state.store.audit_events(event="config")
+    assert len(events) == 2
+    assert events[0]["detail"]["previous_hash"] is None
+    assert events[1]["detail"]["changed"] == {"dicom.port": [11112, 104]}
+    assert TOKEN not in str(events) and events[1]["detail"]["settings"]["web.token"] == "********"
+    page = client.get("/config", headers=AUTH).text
+    assert "dicom.port" in page and "first recorded configuration" in page
