@@ -1,0 +1,1 @@
+"""gliomaseg model: 3D U-Net for glioma segmentation (BraTS regions), training, inference, bundles."""

@@ -1,0 +1,123 @@
+"""Patch sampling and augmentation for training (imports only numpy and torch)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def pad_to(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Zero-pad the last three axes of ``arr`` up to ``shape`` (centred)."""
+    pads = [(0, 0)] * (arr.ndim - 3)
+    for n, p in zip(arr.shape[-3:], shape, strict=False):
+        extra = max(0, p - n)
+        pads.append((extra // 2, extra - extra // 2))
+    if all(a == 0 and b == 0 for a, b in pads):
+        return arr
+    return np.pad(arr, pads)
+
+
+def sample_patch(
+    image: np.ndarray,
+    regions: np.ndarray,
+    patch: tuple[int, int, int],
+    rng: np.random.Generator,
+    *,
+    tumour_prob: float,
+    tumour_voxels: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One patch of ``image`` (C, X, Y, Z) and ``regions`` (R, X, Y, Z).
+
+    With probability ``tumour_prob`` the patch is centred (with jitter) on a random tumour voxel,
+    otherwise placed uniformly at random. Volumes smaller than the patch are zero-padded.
+    """
+    original = image.shape[1:]
+    image = pad_to(image, patch)
+    regions = pad_to(regions, patch)
+    shape = image.shape[1:]
+    use_tumour = tumour_voxels is not None and len(tumour_voxels) > 0 and rng.random() < tumour_prob
+    centre = tumour_voxels[rng.integers(len(tumour_voxels))] if use_tumour else None
+    starts = []
+    for a in range(3):
+        hi = shape[a] - patch[a]
+        if centre is not None:
+            offset = max(0, patch[a] - original[a]) // 2  # padding added before the volume
+            s = int(centre[a]) + offset - patch[a] // 2
+            s += int(rng.integers(-(patch[a] // 4), patch[a] // 4 + 1))
+            starts.append(int(np.clip(s, 0, hi)))
+        else:
+            starts.append(int(rng.integers(0, hi + 1)))
+    sl = tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=False))
+    return image[(slice(None), *sl)], regions[(slice(None), *sl)]
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    ax, ay, az = angles
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def augment(
+    image: torch.Tensor,
+    regions: torch.Tensor,
+    rng: np.random.Generator,
+    *,
+    p_spatial: float = 0.25,
+    max_rotation_deg: float = 15.0,
+    scale_range: tuple[float, float] = (0.85, 1.15),
+    p_intensity: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a batch: image (B, C, X, Y, Z) float, regions (B, R, X, Y, Z) float in {0, 1}.
+
+    Small rotations and isotropic scaling (probability ``p_spatial``), random flips along each axis,
+    and per-channel intensity scale/shift (probability ``p_intensity``). Brain background stays 0.
+    """
+    b = image.shape[0]
+    if rng.random() < p_spatial:
+        thetas = []
+        for _ in range(b):
+            angles = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, 3))
+            scale = rng.uniform(*scale_range)
+            m = _rotation(angles) / scale
+            thetas.append(np.concatenate([m, np.zeros((3, 1))], axis=1))
+        theta = torch.tensor(np.stack(thetas), dtype=image.dtype, device=image.device)
+        grid = F.affine_grid(theta, list(image.shape), align_corners=False)
+        image = F.grid_sample(
+            image, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        regions = F.grid_sample(
+            regions, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        regions = (regions >= 0.5).to(image.dtype)
+    for axis in (2, 3, 4):
+        if rng.random() < 0.5:
+            image = image.flip(axis)
+            regions = regions.flip(axis)
+    if rng.random() < p_intensity:
+        c = image.shape[1]
+        scale = torch.tensor(
+            rng.uniform(0.9, 1.1, (b, c, 1, 1, 1)), dtype=image.dtype, device=image.device
+        )
+        shift = torch.tensor(
+            rng.uniform(-0.1, 0.1, (b, c, 1, 1, 1)), dtype=image.dtype, device=image.device
+        )
+        brain = (image != 0).any(dim=1, keepdim=True)
+        image = torch.where(brain, image * scale + shift, image)
+    return image.contiguous(), regions.contiguous()
+
+
+def region_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """Binary cross-entropy + soft Dice (batch Dice per region), averaged over the regions."""
+    logits = logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    probs = torch.sigmoid(logits)
+    dims = (0, 2, 3, 4)
+    inter = (probs * target).sum(dims)
+    denom = probs.sum(dims) + target.sum(dims)
+    dice = (2 * inter + smooth) / (denom + smooth)
+    return bce + (1 - dice).mean()
