@@ -606,13 +606,17 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, studygen.Stud
         volumes = {k: (_cube(i * 20 + j), AFFINE) for j, k in enumerate(ALL_KINDS)}
         out[vendor] = studygen.write_study(volumes, root / vendor, vendor=vendor)
     volumes = {k: (_cube(99), AFFINE) for k in ("T1", "T1c", "T2", "FLAIR", "T1_FLAIR")}
+    volumes = {k: (_cube(50 + j, (12, 10, 16)), AFFINE) for j, k in enumerate(ALL_KINDS)}
+    out["oblique_thick"] = studygen.write_study(
+        volumes, root / "oblique", vendor="ge", oblique_deg=20, slice_mm=6
+    )
     out["mprage"] = studygen.write_study(
         volumes, root / "mprage", vendor="ge", t1_technique="mprage"
     )
     return out
 
 
-@pytest.mark.parametrize("vendor", [*studygen.VENDORS, "mprage"])
+@pytest.mark.parametrize("vendor", [*studygen.VENDORS, "mprage", "oblique_thick"])
 def test_studygen_vendor_studies_are_classified(
     studies: dict[str, studygen.StudyWritten], vendor: str, tmp_path: Path
 ) -> None:
