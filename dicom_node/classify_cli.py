@@ -48,8 +48,8 @@ def classify(ctx: click.Context, directory: Path, as_json: bool) -> None:
             click.echo(f"{role.value:6s} series {d.series_number} '{d.description}'  {uid}")
     click.echo("")
     for d in result.series:
-        role = d.role.value if d.role is not None else "-"
-        click.echo(f"#{d.series_number!s:>5} {role:6s} {d.description[:40]:40s} {d.reason}")
+        shown = d.role.value if d.role is not None else "-"
+        click.echo(f"#{d.series_number!s:>5} {shown:6s} {d.description[:40]:40s} {d.reason}")
     if result.missing():
         click.echo("")
         click.echo("missing: " + ", ".join(r.value for r in result.missing()))

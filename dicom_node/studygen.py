@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pydicom
@@ -753,10 +753,10 @@ def _write_series(
         own.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes()
         own["PixelData"].VR = "OW"
         chunks = [_preamble_and_meta(sop_uid)]
-        for piece, tag in zip(pieces, [*variable, None], strict=True):
+        for piece, tag in zip(pieces, variable, strict=False):
             chunks.append(piece)
-            if tag is not None:
-                chunks.append(_encode(pydicom.Dataset({tag: own[tag]})))
+            chunks.append(_encode(pydicom.Dataset({tag: own[tag]})))
+        chunks.append(pieces[-1])
         path = series_dir / f"IM{k + 1:04d}.dcm"
         path.write_bytes(b"".join(chunks))
         sop_uids.append(sop_uid)
@@ -800,7 +800,7 @@ def _encode_between(base: pydicom.Dataset, cuts: Sequence[Any]) -> list[bytes]:
 def _preamble_and_meta(sop_uid: str) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     fp = DicomBytesIO()
@@ -832,7 +832,7 @@ def write_brats_case(
         path = case_dir / f"{case_dir.name}_{_BRATS_SUFFIX[role]}.nii.gz"
         if not path.is_file():
             raise FileNotFoundError(f"BraTS case {case_dir.name}: {path.name} is missing")
-        img = nib.load(path)
+        img = cast("nib.Nifti1Image", nib.load(path))
         volumes[role] = (np.asanyarray(img.dataobj), img.affine)
     kw.setdefault("patient_id", case_dir.name[:64])
     return write_study(volumes, out_dir, **kw)
@@ -886,7 +886,7 @@ def write_tcia_native_case(case_dir: Path, out_dir: Path, **kw: Any) -> StudyWri
         role = parts["role"]
         if role in volumes:
             raise VolumeError(f"two files for {role} in {case_dir}")
-        img = nib.load(path)
+        img = cast("nib.Nifti1Image", nib.load(path))
         volumes[role] = (np.asanyarray(img.dataobj), img.affine)
         descriptions[role] = parts["description"]
         overrides[role] = {
