@@ -67,3 +67,17 @@ def test_demo_study_is_dicom_that_the_classifier_reads_as_the_four_roles(case, t
     assert not result.missing()
     for role, uid in result.roles.items():
         assert written.series[str(role)].series_uid == uid
+
+
+@pytest.mark.data
+def test_demo_case_option_builds_a_brats_study_with_its_true_volumes(datasets, tmp_path):
+    import nibabel as nib
+
+    from web.demo import build_study
+
+    case = datasets / "brats" / "Brats18_2013_2_1"
+    written, truth = build_study(tmp_path / "study", case)
+    assert set(written.series) == set(ROLES)
+    seg = np.asanyarray(nib.load(case / "Brats18_2013_2_1_seg.nii.gz").dataobj)
+    assert truth["whole_tumor"] == pytest.approx(float((seg > 0).sum()) / 1000.0)
+    assert truth["enhancing"] == pytest.approx(float((seg == 4).sum()) / 1000.0)
