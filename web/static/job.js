@@ -28,7 +28,9 @@
       const resp = await fetch(`/api/jobs/${encodeURIComponent(jobId)}`, { credentials: "same-origin" });
       if (!resp.ok) return;
       const data = await resp.json();
-      if (data.job.state !== shown) location.reload();
+      // a new state always redraws the page; while the job runs, so does each new step
+      const running = !["delivered", "failed", "delivery_failed"].includes(shown);
+      if (data.job.state !== shown || (running && data.job.updated !== stateEl.dataset.updated)) location.reload();
     } catch (e) { /* server restarting: try again */ }
   }
   if (shown && !["delivered", "failed", "delivery_failed"].includes(shown)) setInterval(poll, 2000);
