@@ -155,3 +155,42 @@ def test_upload_of_four_nifti_volumes_is_queued_on_the_broker(env, tmp_path):
     assert r.llen(settings.queue.cpu_queue) == before + 1
     spooled = JobStore(settings.database_url).get(job["id"])
     assert spooled.source == "upload"
+
+
+def test_resend_delivers_kept_outputs_to_the_pacs(env, orthanc: Orthanc, tmp_path):
+    from dataclasses import dataclass
+
+    import numpy as np
+    import pydicom
+
+    from dicom_node import studygen
+    from tests.conftest import wait_for
+    from worker.outputs.seg import build_seg
+
+    @dataclass
+    class Native:
+        labels: np.ndarray
+        datasets: list
+
+    settings, store, client, _ = env
+    vol = (np.random.default_rng(5).random((16, 16, 6)) * 500).astype(np.float32)
+    written = studygen.write_study(
+        {"T1c": (vol, np.diag([1.0, 1.0, 3.0, 1.0]))}, tmp_path / "study"
+    )
+    datasets = [pydicom.dcmread(p) for p in written.series["T1c"].paths]
+    datasets.sort(key=lambda d: float(d.ImagePositionPatient[2]))
+    labels = np.zeros((len(datasets), 16, 16), np.uint8)
+    labels[2, 4:8, 4:8] = 2
+    seg_path = tmp_path / "seg.dcm"
+    build_seg(Native(labels, datasets), model_version="resend-test").save_as(seg_path)
+    job = store.create(written.study_uid, calling_ae="MR", calling_ip="10.0.0.1")
+    store.update(job.id, outputs={"files": [str(seg_path)], "dir": str(tmp_path)})
+    store.set_state(job.id, JobState.delivery_failed, reason="PACS was down")
+    r = client.post(f"/api/jobs/{job.id}/resend", headers=AUTH)
+    assert r.status_code == 200, r.text
+    done = wait_for(
+        lambda: store.get(job.id).state == JobState.delivered and store.get(job.id), timeout_s=60
+    )
+    assert done.deliveries[-1]["peer"] == "PACS" and done.deliveries[-1]["ok"]
+    assert any(s["Modality"] == "SEG" for s in orthanc.series_in_study(written.study_uid))
+    assert {"resend", "web_resend"} <= {e["event"] for e in store.audit_events(job_id=job.id)}
