@@ -12,6 +12,7 @@ import io
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -269,8 +270,7 @@ class Handlers:
             return Status.REFUSED_SOP_CLASS_NOT_SUPPORTED
         data = event.encoded_dataset()
         try:
-            ds = pydicom.dcmread(io.BytesIO(data))
-            problem = _check(ds, sop_class, sop_uid)
+            ds, problem = _parse(data)
         except Exception as exc:
             log.warning(
                 "C-STORE refused: dataset cannot be parsed",
@@ -308,11 +308,6 @@ class Handlers:
                 extra={"error": type(exc).__name__, "errno": exc.errno},
             )
             return Status.OUT_OF_RESOURCES
-        if "PixelData" in ds:
-            del ds.PixelData
-        for tag in ("FloatPixelData", "DoubleFloatPixelData"):
-            if tag in ds:
-                delattr(ds, tag)
         self.receiver.received(
             Received(
                 study_uid=study_uid,
@@ -334,14 +329,82 @@ class Handlers:
             log.error("audit write failed", extra={"event": event}, exc_info=True)
 
 
-def _check(ds: Dataset, sop_class: str, sop_uid: str) -> str | None:
-    """A reason to refuse the dataset, or None. Reasons never quote patient data."""
+def _parse(data: bytes) -> tuple[Dataset, str | None]:
+    """The headers (no pixel data) and a reason to refuse the dataset, or None.
+
+    Headers are parsed up to the pixel data; the pixel data element is checked in place (its
+    declared length against the bytes received and the image it must hold), without copying it.
+    Reasons never quote patient data.
+    """
+    fp = io.BytesIO(data)
+    ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    problem = _check_headers(ds)
+    if problem:
+        return ds, problem
+    ts = ds.file_meta.TransferSyntaxUID
+    if ts == DeflatedExplicitVRLittleEndian:  # positions refer to the inflated stream
+        full = pydicom.dcmread(io.BytesIO(data))
+        return ds, _check_values(full)
+    return ds, _pixel_problem(data, fp.tell(), ds)
+
+
+def _check_headers(ds: Dataset) -> str | None:
     for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if not str(ds.get(kw, "") or "").strip():
             return f"{kw} missing or empty"
     if sop_disposition(str(ds.SOPClassUID)) is not SopDisposition.process:
         return f"SOPClassUID {ds.SOPClassUID} in the dataset does not match an MR storage class"
-    # Truncation: an element whose value is shorter than its declared length.
+    return None
+
+
+def _image_bits(ds: Dataset) -> int | None:
+    try:
+        return (
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("SamplesPerPixel", 1) or 1)
+            * int(ds.get("NumberOfFrames", 1) or 1)
+            * int(ds.BitsAllocated)
+        )
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def _pixel_problem(data: bytes, pos: int, ds: Dataset) -> str | None:
+    """Check the pixel data element that starts at ``pos`` (where header parsing stopped)."""
+    if pos + 8 > len(data):
+        return "PixelData missing or truncated"
+    ts = ds.file_meta.TransferSyntaxUID
+    order = ">" if ts == ExplicitVRBigEndian else "<"
+    if ts == ImplicitVRLittleEndian:
+        (length,), header = struct.unpack_from("<L", data, pos + 4), 8
+    elif data[pos + 4 : pos + 6] in _LONG_VRS:
+        if pos + 12 > len(data):
+            return "PixelData element header truncated"
+        (length,), header = struct.unpack_from(order + "L", data, pos + 8), 12
+    else:
+        (length,), header = struct.unpack_from(order + "H", data, pos + 6), 8
+    if length == 0xFFFFFFFF:  # encapsulated: the fragments must end with a sequence delimiter
+        if data.rfind(_SEQ_DELIMITER, pos + header) < 0:
+            return "encapsulated PixelData truncated (no sequence delimiter)"
+        return None
+    have = len(data) - pos - header
+    if have < length:
+        return f"PixelData truncated: {have} of {length} bytes received"
+    n_bits = _image_bits(ds)
+    if n_bits is None:
+        return "image pixel module incomplete (Rows, Columns or BitsAllocated)"
+    if length * 8 < n_bits:
+        return f"PixelData truncated: {length} bytes for an image of {(n_bits + 7) // 8} bytes"
+    return None
+
+
+def _check_values(ds: Dataset) -> str | None:
+    """Full check of a completely parsed dataset (used for deflated datasets)."""
     for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
         raw = ds.get_item(tag)
         length = getattr(raw, "length", None)
@@ -353,22 +416,15 @@ def _check(ds: Dataset, sop_class: str, sop_uid: str) -> str | None:
             and len(value) < length
         ):
             return f"element {tag} truncated: {len(value)} of {length} bytes"
-    # Native pixel data shorter than the image it describes (a cut file re-encoded by a sender).
     pixel = ds.get_item("PixelData")
-    if pixel is not None and not ds.file_meta.TransferSyntaxUID.is_compressed:
-        try:
-            n_bits = (
-                int(ds.Rows)
-                * int(ds.Columns)
-                * int(ds.get("SamplesPerPixel", 1) or 1)
-                * int(ds.get("NumberOfFrames", 1) or 1)
-                * int(ds.BitsAllocated)
-            )
-        except (AttributeError, TypeError, ValueError):
-            return "image pixel module incomplete (Rows, Columns or BitsAllocated)"
-        have = len(pixel.value or b"")
-        if have * 8 < n_bits:
-            return f"PixelData truncated: {have} bytes for an image of {(n_bits + 7) // 8} bytes"
+    if pixel is None:
+        return "PixelData missing"
+    n_bits = _image_bits(ds)
+    if n_bits is None:
+        return "image pixel module incomplete (Rows, Columns or BitsAllocated)"
+    have = len(pixel.value or b"")
+    if have * 8 < n_bits:
+        return f"PixelData truncated: {have} bytes for an image of {(n_bits + 7) // 8} bytes"
     return None
 
 

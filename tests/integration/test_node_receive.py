@@ -154,9 +154,21 @@ def test_corrupt_and_truncated_instances_are_refused_and_not_kept(node, tmp_path
     truncated.write_bytes(good.read_bytes()[:-3000])
     done = run_storescu(node.port, [no_series], extra=("-R", "-nh"))
     assert store_statuses(output(done)) and store_statuses(output(done))[0] != "Success"
-    # storescu refuses to read a truncated file, so it is sent raw with pynetdicom
-    status = send_raw(node.port, truncated)
+    # storescu refuses to read a truncated file, so pynetdicom sends it: re-encoded (a short but
+    # consistent PixelData) and raw (PixelData shorter than its declared length)
+    for chunked in (False, True):
+        status = send_raw(node.port, truncated, chunked=chunked)
+        assert status not in (0x0000, None), chunked
+    # an encapsulated (JPEG-LS) file cut before its sequence delimiter
+    jls = tmp_path / "good.jls.dcm"
+    subprocess.run(["dcmcjpls", str(good), str(jls)], check=True)
+    cut = tmp_path / "cut.jls.dcm"
+    cut.write_bytes(jls.read_bytes()[:-500])
+    status = send_raw(node.port, cut, chunked=True, ts="1.2.840.10008.1.2.4.80")
     assert status not in (0x0000, None)
+    log = node.log()
+    assert "SeriesInstanceUID missing" in log and "PixelData truncated" in log
+    assert "encapsulated PixelData truncated" in log
     assert not spool_of(node).study_dir(study).exists()
     assert list((node.spool / "tmp").iterdir()) == []
     # ... and the node still works
@@ -164,12 +176,17 @@ def test_corrupt_and_truncated_instances_are_refused_and_not_kept(node, tmp_path
     assert store_statuses(output(done)) == ["Success"]
 
 
-def send_raw(port: int, path: Path) -> int | None:
-    """C-STORE a file's bytes as they are (pynetdicom does not decode a file path)."""
+def send_raw(
+    port: int, path: Path, *, chunked: bool, ts: str = "1.2.840.10008.1.2.1"
+) -> int | None:
+    """C-STORE a file with pynetdicom: chunked sends its bytes as they are, else re-encoded."""
     from pynetdicom import AE
+    from pynetdicom import _config as pynetdicom_config
 
+    saved = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = chunked
     ae = AE(ae_title="STORESCU")
-    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2.1")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4", ts)
     assoc = ae.associate("127.0.0.1", port, ae_title="GLIOMASEG")
     assert assoc.is_established
     try:
@@ -177,6 +194,7 @@ def send_raw(port: int, path: Path) -> int | None:
         return getattr(rsp, "Status", None)
     finally:
         assoc.release()
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = saved
 
 
 def test_uid_with_path_characters_cannot_escape_the_spool(node, tmp_path):
