@@ -201,15 +201,15 @@ def create_app(
 
     def built_viewer_dir(job: Any) -> Path | None:
         """viewer_dir, else rebuilt once from the reference series and the DICOM-SEG (fromdicom)."""
-        from web.fromdicom import find_seg, write_viewer_files
+        from web.fromdicom import write_viewer_files
 
-        seg = find_seg(dicom_outputs(job.id))
         found = viewer_dir(job)
         cache = spool.root / "web" / job.id
+        if found is not None and found != cache:
+            return found  # the worker's own files
+        seg = seg_of(job.id)
         if found is not None and (
-            found != cache
-            or seg is None
-            or seg.stat().st_mtime <= (cache / LABELS_FILE).stat().st_mtime
+            seg is None or seg.stat().st_mtime <= (cache / LABELS_FILE).stat().st_mtime
         ):
             return found
         files = reference_files(job)
@@ -218,6 +218,25 @@ def create_app(
         with build_lock:
             write_viewer_files(files, seg, cache)
         return cache
+
+    seg_cache: dict[str, tuple[float, Path | None]] = {}
+
+    def seg_of(job_id: str) -> Path | None:
+        """The job's DICOM-SEG output, looked up again only when its outputs folder changes."""
+        from web.fromdicom import find_seg
+
+        d = outputs_dir(job_id)
+        try:
+            stamp = max(
+                [d.stat().st_mtime] + [p.stat().st_mtime for p in d.iterdir() if p.is_dir()]
+            )
+        except FileNotFoundError:
+            return None
+        cached = seg_cache.get(job_id)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, find_seg(dicom_outputs(job_id)))
+            seg_cache[job_id] = cached
+        return cached[1]
 
     def detail(job: Any) -> JobDetail:
         n_dicom = len(dicom_outputs(job.id))
