@@ -183,6 +183,14 @@ def test_job_page_viewer_slider_toggles_and_planes(page, web, seeded, shots):
     page.screenshot(path=str(shots / "job-sagittal.png"))
 
 
+def test_peers_page_echoes_the_pacs(page, web, shots):
+    page.goto(web[0] + "/peers")
+    page.click("button[data-echo=PACS]")
+    page.wait_for_selector("#echo-PACS.echo-ok", timeout=20_000)
+    assert page.inner_text("#echo-PACS").startswith("Success (")
+    page.screenshot(path=str(shots / "peers.png"))
+
+
 def _model_ready() -> bool:
     from config.settings import DEFAULT_BUNDLE
 
