@@ -1,0 +1,188 @@
+"""Preprocessing, network, sampling, sliding windows and bundles (no real data needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from config.errors import BundleError
+from model import preprocessing as pp
+from model.bundle import load_bundle, save_bundle
+from model.network import NetworkConfig, UNet3D
+from model.sampling import augment, region_loss, sample_patch
+from model.sliding import gaussian_weights, sliding_window_probs, window_starts
+
+
+def test_regions_labels_round_trip():
+    labels = np.array([0, 1, 2, 4, 2, 0], dtype=np.uint8)
+    regions = pp.labels_to_regions(labels)
+    assert regions.tolist() == [
+        [False, True, True, True, True, False],
+        [False, True, False, True, False, False],
+        [False, False, False, True, False, False],
+    ]
+    assert pp.regions_to_labels(regions).tolist() == labels.tolist()
+
+
+def test_regions_to_labels_enforces_nesting():
+    # ET outside TC/WT is not enhancing tumour: the hierarchy wins
+    regions = np.array([[False], [False], [True]])
+    assert pp.regions_to_labels(regions).tolist() == [0]
+
+
+def test_zscore_inside_mask_only():
+    img = np.zeros((4, 4, 4), np.float32)
+    mask = np.zeros((4, 4, 4), bool)
+    mask[1:3, 1:3, 1:3] = True
+    img[mask] = np.arange(8, dtype=np.float32)
+    img[0, 0, 0] = 1000  # outside the brain: ignored and zeroed
+    z = pp.zscore(img, mask)
+    assert z[0, 0, 0] == 0
+    assert z[mask].mean() == pytest.approx(0, abs=1e-6)
+    assert z[mask].std() == pytest.approx(1, abs=1e-5)
+
+
+def test_crop_box_margin_in_mm():
+    mask = np.zeros((20, 20, 20), bool)
+    mask[5:10, 6:8, 10:11] = True
+    box = pp.crop_box(mask, (1.0, 2.0, 4.0), margin_mm=4.0)
+    assert box == (slice(1, 14), slice(4, 10), slice(9, 12))
+
+
+def test_preprocess_shapes_and_errors():
+    rng = np.random.default_rng(0)
+    brain = np.zeros((40, 30, 20), bool)
+    brain[5:35, 5:25, 3:17] = True
+    images = {
+        c: (rng.random(brain.shape) * 100 + 50).astype(np.float32) * brain for c in pp.CHANNELS
+    }
+    pre = pp.preprocess(images, (1.0, 1.0, 1.0), (2.0, 2.0, 2.0))
+    assert pre.image.shape[0] == 4 and pre.image.dtype == np.float32
+    assert pre.cropped_shape == (38, 28, 20)
+    assert pre.image.shape[1:] == (19, 14, 10)
+    with pytest.raises(ValueError, match="missing FLAIR"):
+        pp.preprocess({c: images[c] for c in ("T1", "T1c", "T2")}, (1, 1, 1), (2, 2, 2))
+    bad = dict(images, T2=np.zeros((5, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="one grid"):
+        pp.preprocess(bad, (1, 1, 1), (2, 2, 2))
+
+
+def test_quantise_round_trip_error_small():
+    z = np.linspace(-6, 6, 101).astype(np.float32)
+    assert np.abs(pp.dequantise(pp.quantise(z)) - z).max() <= 0.5 / pp.QUANT_SCALE + 1e-6
+
+
+def test_unet_shapes():
+    net = UNet3D(NetworkConfig(base_filters=4, depth=3))
+    out = net(torch.zeros(2, 4, 16, 24, 8))
+    assert out.shape == (2, 3, 16, 24, 8)
+
+
+def test_sample_patch_pads_and_centres_on_tumour():
+    rng = np.random.default_rng(1)
+    image = np.ones((4, 10, 40, 40), np.float32)
+    regions = np.zeros((3, 10, 40, 40), np.float32)
+    regions[0, 5, 30:32, 30:32] = 1
+    tv = np.argwhere(regions[0] > 0)
+    for _ in range(20):
+        a, b = sample_patch(image, regions, (16, 16, 16), rng, tumour_prob=1.0, tumour_voxels=tv)
+        assert a.shape == (4, 16, 16, 16) and b.shape == (3, 16, 16, 16)
+        assert b[0].sum() > 0  # jitter is at most a quarter patch: the tumour stays inside
+
+
+def test_augment_keeps_shapes_and_binary_targets():
+    rng = np.random.default_rng(2)
+    x = torch.randn(2, 4, 16, 16, 16)
+    y = (torch.rand(2, 3, 16, 16, 16) > 0.5).float()
+    for _ in range(5):
+        xa, ya = augment(x, y, rng, p_spatial=1.0)
+        assert xa.shape == x.shape and ya.shape == y.shape
+        assert set(torch.unique(ya).tolist()) <= {0.0, 1.0}
+
+
+def test_region_loss_lower_for_better_prediction():
+    y = torch.zeros(1, 3, 8, 8, 8)
+    y[:, :, 2:6, 2:6, 2:6] = 1
+    good = (y * 2 - 1) * 8
+    assert region_loss(good, y) < region_loss(torch.zeros_like(y), y) < region_loss(-good, y)
+
+
+def test_window_starts_cover_the_volume():
+    for size, patch in ((10, 16), (100, 64), (64, 64), (81, 40)):
+        starts = window_starts(size, patch, 0.5)
+        covered = np.zeros(max(size, patch), bool)
+        for s in starts:
+            covered[s : s + patch] = True
+        assert covered[:size].all()
+        assert starts[-1] + patch == max(size, patch)
+
+
+class Pointwise(torch.nn.Module):
+    """A network whose output at a voxel depends only on that voxel: any tiling gives the same result."""
+
+    def forward(self, x):
+        return torch.cat([x[:, :1], -x[:, 1:2], x[:, 2:3] * 2], dim=1)
+
+
+def test_sliding_window_blending_equals_whole_volume_for_pointwise_net():
+    x = torch.randn(4, 20, 37, 9)
+    probs = sliding_window_probs(Pointwise(), x, (16, 16, 16), overlap=0.5, mirror=True)
+    expected = torch.sigmoid(Pointwise()(x[None]))[0]
+    assert probs.shape == (3, 20, 37, 9)
+    assert torch.allclose(probs, expected, atol=1e-5)
+    w = gaussian_weights((16, 16, 16))
+    assert w.max() == 1 and w.min() > 0 and w[8, 8, 8] > w[0, 0, 0]
+
+
+def _meta():
+    return {
+        "name": "t",
+        "version": "0",
+        "channels": ["T1", "T1c", "T2", "FLAIR"],
+        "label_map": {},
+        "outputs": ["WT", "TC", "ET"],
+        "spacing_mm": [2, 2, 2],
+        "patch_size": [16, 16, 16],
+        "normalisation": {},
+        "network": NetworkConfig(base_filters=4, depth=3).to_json(),
+    }
+
+
+def test_bundle_round_trip_and_verification(tmp_path):
+    net = UNet3D(NetworkConfig(base_filters=4, depth=3))
+    save_bundle(tmp_path / "b", net, _meta(), fp16=True)
+    b = load_bundle(tmp_path / "b", device="cpu")
+    assert (b.name, b.version, b.patch_size, b.spacing_mm) == (
+        "t",
+        "0",
+        (16, 16, 16),
+        (2.0, 2.0, 2.0),
+    )
+    for k, v in net.state_dict().items():
+        assert torch.allclose(b.network.state_dict()[k], v.half().float())
+
+    meta_path = tmp_path / "b" / "metadata.json"
+    good = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(dict(good, channels=["T1c", "T1", "T2", "FLAIR"])))
+    with pytest.raises(BundleError, match="channels must be"):
+        load_bundle(tmp_path / "b")
+    meta_path.write_text(json.dumps(dict(good, weights_sha256="0" * 64)))
+    with pytest.raises(BundleError, match="weights_sha256"):
+        load_bundle(tmp_path / "b")
+    meta_path.write_text(json.dumps({k: v for k, v in good.items() if k != "spacing_mm"}))
+    with pytest.raises(BundleError, match="lacks spacing_mm"):
+        load_bundle(tmp_path / "b")
+    meta_path.write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(tmp_path / "b")
+    with pytest.raises(BundleError, match="must be a folder"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_bundle_rejects_weights_of_another_network(tmp_path):
+    save_bundle(tmp_path / "b", UNet3D(NetworkConfig(base_filters=8, depth=3)), _meta())
+    with pytest.raises(BundleError, match="weights must fit"):
+        load_bundle(tmp_path / "b")
