@@ -54,6 +54,9 @@ ROLES = ("T1", "T1c", "T2", "FLAIR")
 WORKING_SPACING_MM = 1.0
 KEEP_SPACING_REL_TOL = 0.05  # a reference spacing within 5 % of the target is kept exactly
 REGISTRATION_SPACING_MM = 2.0
+COARSE_SAMPLING = 0.05  # fraction of the 2 mm fixed voxels drawn as metric samples
+FINE_SAMPLING = 0.03
+FINE_ITERATIONS = 20
 SAME_GRID_TOL_MM = 0.01
 MAX_EXTENT_MM = 400.0  # a head fits; a bigger field of view is not a brain study
 
@@ -354,6 +357,7 @@ def register_rigid(
         learning_rate: float,
         iterations: int,
         sampling: float,
+        min_step: float,
     ) -> tuple[sitk.Euler3DTransform, float]:
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
@@ -362,7 +366,7 @@ def register_rigid(
         reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(
             learningRate=learning_rate,
-            minStep=1e-3,
+            minStep=min_step,
             numberOfIterations=iterations,
             relaxationFactor=0.5,
             gradientMagnitudeTolerance=1e-6,
@@ -388,7 +392,8 @@ def register_rigid(
         sigmas_mm=[2.0, 1.0],
         learning_rate=2.0,
         iterations=200,
-        sampling=0.1,
+        sampling=COARSE_SAMPLING,
+        min_step=1e-3,
     )
     fine, metric = run(
         moving_f,
@@ -396,8 +401,9 @@ def register_rigid(
         shrink=[1],
         sigmas_mm=[0.0],
         learning_rate=0.25,
-        iterations=30,
-        sampling=0.1,
+        iterations=FINE_ITERATIONS,
+        sampling=FINE_SAMPLING,
+        min_step=1e-3,
     )
     return RigidTransform.from_sitk(fine), metric
 
