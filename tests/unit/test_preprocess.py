@@ -17,7 +17,8 @@ from worker.mapback import map_back
 from worker.preprocess import Grid, RigidTransform, prepare, resample, working_grid
 
 
-def image(size, spacing, direction=np.eye(3), origin=(0.0, 0.0, 0.0), array=None) -> sitk.Image:  # type: ignore[no-untyped-def]
+def image(size, spacing, direction=None, origin=(0.0, 0.0, 0.0), array=None) -> sitk.Image:  # type: ignore[no-untyped-def]
+    direction = np.eye(3) if direction is None else direction
     if array is None:
         array = np.zeros(size[::-1], dtype=np.float32)
     img = sitk.GetImageFromArray(array)
