@@ -217,7 +217,12 @@ class Service:
         """Environment for an isolated service: spool in ``root``, unique queue names, free port."""
         (root / "spool").mkdir(parents=True, exist_ok=True)
         tag = uuid.uuid4().hex[:8]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GLIOMASEG_")}
+        # Isolated from the caller's gliomaseg settings, except the model's (a bundle under test).
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("GLIOMASEG_") or k.startswith("GLIOMASEG_MODEL__")
+        }
         env.update(
             {
                 "TCP_NODELAY": "1",
