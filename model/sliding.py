@@ -68,6 +68,8 @@ def sliding_window_probs(
     for sx, sy, sz in itertools.product(*starts):
         sl = (slice(sx, sx + patch[0]), slice(sy, sy + patch[1]), slice(sz, sz + patch[2]))
         window = x[(slice(None), *sl)][None].to(device, non_blocking=True)
+        if device.type == "cpu":
+            window = window.contiguous(memory_format=torch.channels_last_3d)  # faster mkldnn path
         pred = None
         for f in flips:
             inp = window.flip(f) if f else window
