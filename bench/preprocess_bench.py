@@ -4,7 +4,8 @@ Both studies are written as DICOM by studygen first (not timed). Timed: ``conver
 of the four series, ``prepare`` (registration, resampling, brain extraction; "auto" methods) and
 ``map_back`` onto the T1c. Also the peak resident memory of this process. The issue's budget is
 <= 30 s on 2 CPU cores for everything outside the network's forward passes (these steps plus
-outputs and sending). On a shared machine compare ``cpu_s`` (CPU seconds of all threads) too. Run: ``.venv/bin/python -m bench.preprocess_bench [--case brats|tcia]``.
+outputs and sending). On a shared machine compare ``cpu_s`` (CPU seconds of all threads) too.
+Run: ``.venv/bin/python -m bench.preprocess_bench [--case brats|tcia]``.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for row in rows:
         print(
             f"  {row['case']}: convert {row['convert_s']} s, prepare {row['prepare_s']} s "
-            f"{row['prepare_steps_s']}, map_back {row['map_back_s']} s, total {row['total_s']} s "
+            f"{row['prepare_steps_s']}, map_back {row['map_back_s']} s, total {row['total_s']} s, CPU {row['cpu_s']} s "
             f"(load {row['load_1min']:.1f} on {row['cpus']} CPUs)"
         )
     return rows

@@ -59,6 +59,9 @@ FINE_SAMPLING = 0.03
 FINE_ITERATIONS = 20
 SAME_GRID_TOL_MM = 0.01
 MAX_EXTENT_MM = 400.0  # a head fits; a bigger field of view is not a brain study
+MIN_OVERLAP = 0.3  # of the smaller field of view, shared with the reference (bounding boxes)
+MAX_ROTATION_DEG = 30.0  # registration results beyond these are not patient motion
+MAX_SHIFT_MM = 60.0
 
 BrainExtraction = Literal["auto", "deepbet", "none"]
 Registration = Literal["auto", "rigid", "none"]
@@ -274,6 +277,29 @@ def working_grid(reference: sitk.Image, spacing_mm: float = WORKING_SPACING_MM) 
     )
 
 
+def fov_overlap(a: sitk.Image, b: sitk.Image) -> float:
+    """Shared fraction of the smaller of two fields of view (axis-aligned LPS bounding boxes)."""
+
+    def box(img: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+        size = np.asarray(img.GetSize()) - 1
+        corners = np.array(
+            [
+                img.TransformContinuousIndexToPhysicalPoint(
+                    [float(c) for c in (x * size[0], y * size[1], z * size[2])]
+                )
+                for x in (0, 1)
+                for y in (0, 1)
+                for z in (0, 1)
+            ]
+        )
+        return corners.min(0), corners.max(0)
+
+    (alo, ahi), (blo, bhi) = box(a), box(b)
+    inter = np.prod(np.clip(np.minimum(ahi, bhi) - np.maximum(alo, blo), 0, None))
+    smaller = min(np.prod(ahi - alo), np.prod(bhi - blo))
+    return float(inter / smaller) if smaller > 0 else 0.0
+
+
 def _coarse(grid: Grid, spacing_mm: float) -> Grid:
     extent = (np.asarray(grid.size) - 1) * np.asarray(grid.spacing_mm)
     size = tuple(int(np.floor(e / spacing_mm + 1e-6)) + 1 for e in extent)
@@ -450,6 +476,13 @@ def prepare(
         {role: float(np.prod(v.image.GetSpacing())) / 1000.0 for role, v in volumes.items()},
     )
     del natives
+    for role, volume in volumes.items():
+        overlap = fov_overlap(volume.image, ref_volume.image)
+        if role != reference and overlap < MIN_OVERLAP:
+            raise PreprocessError(
+                f"the {role} series must share at least {MIN_OVERLAP:.0%} of its field of view "
+                f"with the {reference} series; it shares {overlap:.0%} (not the same anatomy?)"
+            )
     transforms: dict[str, RigidTransform] = {}
     for role, volume in volumes.items():
         if role == reference:
@@ -478,6 +511,13 @@ def prepare(
         transform, metric = register_rigid(ref_volume.image, volume.image, same_frame=same_frame)
         transforms[role] = transform
         shift = float(np.linalg.norm(transform.translation_mm))
+        if transform.rotation_deg > MAX_ROTATION_DEG or shift > MAX_SHIFT_MM:
+            raise PreprocessError(
+                f"registering {role} to {reference} needs at most {MAX_ROTATION_DEG:.0f} degrees "
+                f"and {MAX_SHIFT_MM:.0f} mm to be patient motion; it found "
+                f"{transform.rotation_deg:.1f} degrees and {shift:.1f} mm (different anatomy "
+                "or a failed registration)"
+            )
         notes.append(
             f"{role}: registered to {reference} (rotation {transform.rotation_deg:.2f} deg, "
             f"shift {shift:.2f} mm, MI {metric:.3f})"

@@ -169,3 +169,10 @@ def test_grid_roundtrip() -> None:
     np.testing.assert_array_equal(
         np.transpose(sitk.GetArrayFromImage(grid.image(arr)), (2, 1, 0)), arr
     )
+
+
+def test_series_that_do_not_share_the_field_of_view_fail_with_a_reason() -> None:
+    ref = volume(image((40, 40, 20), (1.0, 1.0, 2.0)), "1.1")
+    far = volume(image((40, 40, 20), (1.0, 1.0, 2.0), origin=(0.0, 0.0, 150.0)), "1.2")
+    with pytest.raises(PermanentError, match=r"at least 30% of its field of view.*shares 0%"):
+        prepare({"T1c": ref, "FLAIR": far}, brain_extraction="none")
