@@ -257,7 +257,7 @@ def profile_node(
         node.stop()
     interesting = [
         "dicom_node/scp.py:on_store",
-        "dicom_node/scp.py:_check",
+        "dicom_node/scp.py:_parse",
         "dicom_node/spool.py:store",
         "dicom_node/spool.py:_fsync_dir",
         "pydicom/filereader.py:dcmread",
