@@ -12,7 +12,14 @@ from pydicom.uid import generate_uid
 
 from dicom_node.spool import Spool
 from tests.conftest import wait_for
-from tests.node_support import NodeProcess, make_series, run_storescu, spooled, store_statuses
+from tests.node_support import (
+    NodeProcess,
+    make_series,
+    run_echoscu,
+    run_storescu,
+    spooled,
+    store_statuses,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -71,5 +78,22 @@ def test_restart_during_reception_loses_no_acknowledged_instance(tmp_path):
         assert len(spooled(node.spool)) == 500
         jobs = [j for j in node.jobs() if j.study_uid == study]
         assert len(jobs) == 1 and jobs[0].state.value == "waiting"
+    finally:
+        node.stop()
+
+
+def test_below_the_free_disk_floor_store_answers_out_of_resources(tmp_path):
+    node = NodeProcess(
+        tmp_path / "node", env={"GLIOMASEG_SPOOL__MIN_FREE_MB": str(10**9)}
+    ).start()  # a floor of 1 PB: this disk is always below it
+    try:
+        paths = make_series(tmp_path / "s", 2, study_uid=generate_uid())
+        done = run_storescu(node.port, paths)
+        statuses = store_statuses(done.stdout + done.stderr)
+        assert statuses and statuses[0] == "Refused: OutOfResources", statuses
+        assert spooled(node.spool) == []
+        assert list((node.spool / "tmp").iterdir()) == []
+        assert "Out of Resources" in node.log()
+        assert run_echoscu(node.port).returncode == 0  # and the node still answers
     finally:
         node.stop()
