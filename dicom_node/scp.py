@@ -79,9 +79,11 @@ class Status:
     PROCESSING_FAILURE = 0x0110
 
 
-# pynetdicom's DUL loop sleeps this long whenever it finds no PDU (its default: 1 ms). 0 lets a
-# busy association run flat out (measured in bench/node_bench.py); None keeps pynetdicom's value.
-RUN_LOOP_DELAY_S: float | None = 0.0
+# pynetdicom's DUL loop sleeps this long whenever it finds no PDU (its default: 1 ms, which adds
+# latency to every instance). 0 spins a core per open association (up to max_associations of
+# them, beside CPU inference); 100 us keeps the latency small without a busy core. Measured in
+# bench/node_bench.py; None keeps pynetdicom's value. Private API: pynetdicom is pinned.
+RUN_LOOP_DELAY_S: float | None = 0.0001
 # Largest PDU we accept (0 = no limit): fewer, larger PDUs from the sender.
 MAXIMUM_PDU_SIZE = 0
 
