@@ -174,5 +174,5 @@ def test_wildly_different_fields_of_view_fail_with_a_reason(
     enqueue(service, job_id)
     done = wait_for(ended(store, job_id), timeout_s=240)
     assert done.state == "failed", (done.state, [s["detail"] for s in done.steps])
-    assert "overlap" in done.reason and "internal error" not in done.reason, done.reason
+    assert "FLAIR" in done.reason and "field of view" in done.reason, done.reason
     assert [s["step"] for s in done.steps if s["status"] == "failed"] == ["preprocess"]
