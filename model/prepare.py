@@ -17,9 +17,9 @@ import numpy as np
 
 from model import preprocessing as pp
 from model.data import find_cases, load_case
+from model.dataset import FORMAT, bits_to_regions, load_prepared  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-FORMAT = "gliomaseg-prepared-1"
 
 
 def prepare_case(case, spacing_mm: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -64,20 +64,3 @@ def prepare_dataset(
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, out)
     return meta
-
-
-def load_prepared(path: Path) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """(meta, {case: (image float32 (4, X, Y, Z), bits uint8 (X, Y, Z))})."""
-    with np.load(path) as z:
-        meta = json.loads(z["meta"].tobytes().decode())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: format must be {FORMAT}; got {meta.get('format')!r}")
-        cases = {
-            c["case"]: (pp.dequantise(z[f"{c['case']}/image"]), z[f"{c['case']}/bits"])
-            for c in meta["cases"]
-        }
-    return meta, cases
-
-
-def bits_to_regions(bits: np.ndarray) -> np.ndarray:
-    return np.stack([(bits >> i) & 1 for i in range(3)]).astype(np.float32)

@@ -20,8 +20,8 @@ import torch
 from tqdm import tqdm
 
 from model.bundle import save_bundle
+from model.dataset import bits_to_regions, load_prepared
 from model.network import NetworkConfig, UNet3D, count_parameters
-from model.prepare import bits_to_regions, load_prepared
 from model.sampling import augment, region_loss, sample_patch
 from model.sliding import sliding_window_probs
 

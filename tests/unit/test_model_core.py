@@ -186,3 +186,29 @@ def test_bundle_rejects_weights_of_another_network(tmp_path):
     save_bundle(tmp_path / "b", UNet3D(NetworkConfig(base_filters=8, depth=3)), _meta())
     with pytest.raises(BundleError, match="weights must fit"):
         load_bundle(tmp_path / "b")
+
+
+def test_training_core_imports_only_torch_numpy_safetensors_tqdm():
+    """A GPU host may offer only its own torch: the core must not need the service's packages."""
+    import subprocess
+    import sys
+
+    blocked = [
+        "nibabel",
+        "scipy",
+        "config",
+        "click",
+        "pydantic",
+        "pydantic_settings",
+        "SimpleITK",
+        "PIL",
+    ]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import model.train, model.bundle, model.inference, model.sliding, model.sampling\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
