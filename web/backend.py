@@ -29,7 +29,7 @@ class Actions(Protocol):
 
     def resend(self, job_id: str) -> None: ...
 
-    def enqueue(self, job_id: str) -> None: ...
+    def enqueue(self, job_id: str, *, expect: tuple[str, ...] = ("waiting",)) -> None: ...
 
     def echo(self, peer_name: str) -> float: ...
 
@@ -42,9 +42,9 @@ class ActionUnavailable(GliomasegError):
 class DefaultActions:
     """The real actions, the same as the command line's.
 
-    retry: like ``gliomaseg retry`` (failed / delivery_failed -> queued, handed to the broker with
-    the node's :func:`dicom_node.enqueue.hand_off`; while the broker is down the job stays queued
-    and the node hands it off when the broker returns). resend: like ``gliomaseg resend`` (the
+    retry: like ``gliomaseg retry`` (failed / delivery_failed -> queued, handed to the broker by
+    task name with the node's enqueuer; while the broker is down the job stays queued and the node
+    hands it off when the broker returns). resend: like ``gliomaseg resend`` (the
     worker's ``Pipeline.deliver`` with no retries), in a background thread so the page answers at
     once; the job page shows the delivery when it is recorded. echo: the node's SCU C-ECHO.
     """
@@ -52,33 +52,39 @@ class DefaultActions:
     settings: Settings
     store: Any
 
-    def enqueue(self, job_id: str) -> None:
-        from dicom_node.enqueue import CeleryEnqueuer, hand_off
+    def enqueue(self, job_id: str, *, expect: tuple[str, ...] = ("waiting",)) -> None:
+        """Move the job from ``expect`` to queued and hand it to the broker.
 
+        ``enqueued`` is stamped before the state changes, so the node's flush of queued-but-not-
+        handed-off jobs never sends it a second time; if the broker refuses, the stamp is cleared
+        and the node hands the job off when the broker answers again (TransientError raised).
+        """
+        from dicom_node.enqueue import CeleryEnqueuer
+        from dicom_node.jobs import JobState, utcnow
+
+        self.store.update(job_id, enqueued=utcnow())
+        self.store.set_state(
+            job_id, JobState.queued, reason=None, expect=[JobState(e) for e in expect]
+        )
         enqueuer = CeleryEnqueuer(self.settings.queue.broker_url, self.settings.queue.cpu_queue)
         try:
-            if not hand_off(self.store, enqueuer, job_id):
-                raise TransientError(
-                    f"job {job_id} is queued, but the broker did not take it now; the node hands "
-                    "it off when the broker answers again"
-                )
+            enqueuer.send(job_id)
+        except TransientError:
+            self.store.update(job_id, enqueued=None)
+            raise
         finally:
             enqueuer.close()
+        self.store.audit("job_enqueued", job_id=job_id, detail={"by": "web"})
 
     def retry(self, job_id: str) -> None:
-        from dicom_node.jobs import JobState
-
-        job = self.store.get(job_id)
-        state = str(job.state)
-        if state not in (JobState.failed, JobState.delivery_failed):
+        state = str(self.store.get(job_id).state)
+        if state not in ("failed", "delivery_failed"):
             raise PermanentError(
                 f"job {job_id} is {state}; only failed or delivery_failed jobs are retried"
             )
-        self.store.set_state(job_id, JobState.queued, reason=None)
-        self.store.update(job_id, enqueued=None)
         self.store.audit("retry", job_id=job_id, detail={"from_state": state, "by": "web"})
         try:
-            self.enqueue(job_id)
+            self.enqueue(job_id, expect=("failed", "delivery_failed"))
         except TransientError as exc:
             log.warning(
                 "retry queued but not handed off", extra={"job_id": job_id, "error": str(exc)}

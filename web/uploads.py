@@ -241,7 +241,7 @@ def ingest(
         calling_ip=client_ip,
         roles=roles_json,
         classification=classification.to_json()["series"],
-        state=JobState.queued if not missing else JobState.waiting,
+        state=JobState.waiting,  # queued by actions.enqueue (stamped first: no double hand-off)
         source="upload",
     )
     store.audit(

@@ -223,6 +223,8 @@ def test_upload_a_brats_case_and_see_it_finish(
     assert state == "delivered", page.inner_text("main")[:2000]
     job = JobStore(svc.database_url).get(job_id)
     assert job.source == "upload" and job.volumes_ml.get("whole_tumor", 0) > 1
+    events = [e["event"] for e in JobStore(svc.database_url).audit_events(job_id=job_id)]
+    assert events.count("job_enqueued") == 1, f"handed to the broker once, not twice: {events}"
     modalities = {s["Modality"] for s in orthanc.series_in_study(job.study_uid)}
     assert {"SEG", "SR"} <= modalities
     page.wait_for_selector("#canvas[data-index]", timeout=30_000)
