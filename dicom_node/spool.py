@@ -7,8 +7,8 @@ Layout under ``root``::
     work/<job_id>/, outputs/<job_id>/             created on demand for the worker
 
 ``h(uid) = sha256(uid)[:32]``: no tag value ever becomes part of a path, so a UID such as
-``../../etc`` cannot leave the spool. A write goes to ``tmp/``, is fsynced, renamed into place
-with ``os.replace`` and the directory is fsynced, all before the caller answers Success: an
+``../../etc`` cannot leave the spool. A write goes to ``tmp/``, is fsynced, linked into place
+(``os.link``: atomic, and the first copy of an instance wins) and the directory is fsynced, all before the caller answers Success: an
 acknowledged instance survives a crash of the process or of the machine. (``fsync=False``
 keeps the tmp + rename, so a killed process still loses nothing acknowledged, but a power cut
 may.) The spool holds bytes
@@ -133,10 +133,15 @@ class Spool:
                     os.fdatasync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
+            # link, not rename: atomic keep-first when two associations store one instance
+            os.link(tmp, final)
+        except FileExistsError:
+            tmp.unlink(missing_ok=True)
+            return Stored(final, False, len(data))
         except OSError:
             tmp.unlink(missing_ok=True)
             raise
+        tmp.unlink()
         if self.fsync:
             _fsync_dir(final.parent)
         return Stored(final, True, len(data))

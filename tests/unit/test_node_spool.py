@@ -56,3 +56,25 @@ def test_clean_tmp_removes_partial_writes(tmp_path):
 
 def spool_free(path):
     return Spool(path).free_bytes()
+
+
+def test_one_instance_stored_by_many_threads_at_once_is_kept_once(tmp_path):
+    import threading
+
+    spool = Spool(tmp_path, fsync=False)
+    results = []
+    barrier = threading.Barrier(8)
+
+    def store(i):
+        barrier.wait()
+        results.append(spool.store("1.2", "1.2.3", "1.2.3.4", b"copy %d" % i))
+
+    threads = [threading.Thread(target=store, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.created for r in results) == 1
+    winner = next(r for r in results if r.created)
+    assert winner.path.read_bytes().startswith(b"copy ")
+    assert list(spool.tmp.iterdir()) == []
