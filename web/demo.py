@@ -209,6 +209,13 @@ class Api:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
+    def get_bytes(self, path: str) -> bytes:
+        req = urllib.request.Request(
+            self.base + path, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return bytes(resp.read())
+
     def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(self.base + "/healthz", timeout=2) as resp:
@@ -446,6 +453,11 @@ def _run(say, api, serve, serve_log, node_port, stand_in, case_dir, workdir, tim
             break
         time.sleep(0.5)
     full = api.get(f"/api/jobs/{job['id']}")["job"]
+    labels_path = workdir / f"{job['id']}-labels.nii.gz"
+    try:
+        labels_path.write_bytes(api.get_bytes(f"/api/jobs/{job['id']}/labels.nii.gz"))
+    except (urllib.error.URLError, OSError) as exc:
+        say(f"could not fetch the label map: {exc}")
     outputs_dir = workdir / "spool" / "outputs" / job["id"]
     click.echo("")
     click.echo("=" * 72)
@@ -456,7 +468,11 @@ def _run(say, api, serve, serve_log, node_port, stand_in, case_dir, workdir, tim
         "             received in the study: "
         + (", ".join(f"{m} {n}" for m, n in sorted(at_pacs.items())) or "nothing yet")
     )
-    click.echo(f"  files      {outputs_dir}")
+    click.echo(f"  files      {outputs_dir}  (DICOM SEG, SR, overlay)")
+    if labels_path.is_file():
+        click.echo(
+            f"             {labels_path}  (label map NIfTI: 1 necrotic, 2 edema, 4 enhancing)"
+        )
     click.echo(f"  logs       {serve_log}")
     click.echo("  volumes (ml)   model" + ("   truth" if truth else ""))
     for key in ("whole_tumor", "tumor_core", "enhancing", "necrotic", "edema"):

@@ -44,6 +44,8 @@ def test_demo_runs_the_whole_loop(tmp_path):
         "model and phantom volumes are printed"
     )
     assert "/jobs/" in out
+    labels = list((tmp_path / "demo").glob("*-labels.nii.gz"))
+    assert len(labels) == 1 and "label map NIfTI" in out
     seg_files = list((tmp_path / "demo" / "pacs" / "SEG").glob("*.dcm"))
     assert len(seg_files) == 1
     log = (tmp_path / "demo" / "logs" / "serve.log").read_text()
