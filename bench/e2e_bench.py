@@ -64,11 +64,21 @@ def _ts(value: Any) -> float:
     return datetime.fromisoformat(str(value)).timestamp()
 
 
-def split(job: Any, ready_ts: float, attempt: int) -> dict[str, Any]:
-    """Latency and per-step seconds of the steps recorded for run number ``attempt`` (1-based)."""
-    steps = [s for s in job.steps if s["status"] == "ok"]
-    # steps of this run: those that started after ready
-    steps = [s for s in steps if _ts(s["started"]) >= ready_ts - 0.001]
+def split(job: Any, ready_ts: float, attempt: int, first_step: int) -> dict[str, Any]:
+    """Latency and per-step seconds of run number ``attempt`` (its steps: ``job.steps[first_step:]``).
+
+    ``ready_ts`` is the hand-off time; the node records it just after the broker took the message,
+    so a quick worker may start before it: the earlier of the two counts.
+    """
+    steps = [s for s in job.steps[first_step:] if s["status"] == "ok"]
+    if steps:
+        ready_ts = min(ready_ts, _ts(steps[0]["started"]))
+    gaps: dict[str, float] = {}
+    previous_end = ready_ts
+    previous = "ready"
+    for s in steps:
+        gaps[f"{previous}->{s['step']}"] = round(_ts(s["started"]) - previous_end, 3)
+        previous_end, previous = _ts(s["ended"]), s["step"]
     by_step: dict[str, float] = {}
     forward_s = 0.0
     for s in steps:
@@ -83,6 +93,7 @@ def split(job: Any, ready_ts: float, attempt: int) -> dict[str, Any]:
         "total_s": round(total_s, 3),
         "steps_s": by_step,
         "queue_and_handoffs_s": round(total_s - sum(by_step.values()), 3),
+        "gaps_s": gaps,
         "forward_s": round(forward_s, 3),
         "outside_forward_s": round(total_s - forward_s, 3),
         "volumes_ml": dict(job.volumes_ml),
@@ -132,6 +143,7 @@ def run_case(
     job = _wait(lambda: next(iter(store.list(study_uid=study.study_uid)), None), 300)
     job_id = job.id
     for attempt in range(1, runs + 1):
+        first_step = 0 if attempt == 1 else len(store.get(job_id).steps)
         if attempt > 1:
             out = service.gliomaseg("retry", "--force", job_id)
             if out.returncode != 0:
@@ -139,7 +151,7 @@ def run_case(
         job = _wait(lambda a=attempt: _ended(store, job_id, a), 900)
         # ready: the hand-off to the queue (by the node, or by `gliomaseg retry`)
         ready_ts = _ts(job.enqueued) if job.enqueued else _ts(job.steps[0]["started"])
-        row = split(job, ready_ts, attempt)
+        row = split(job, ready_ts, attempt, first_step)
         seg_uid = job.outputs.get("series", {}).get("T1c", {}).get("seg")
         row["seg_in_pacs"] = bool(
             seg_uid

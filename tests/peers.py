@@ -326,7 +326,7 @@ class Service:
             os.killpg(proc.pid, sig)
         proc.wait(timeout=60)
 
-    def stop(self, name: str, timeout_s: float = 30) -> None:
+    def stop(self, name: str, timeout_s: float = 15) -> None:
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
             return

@@ -1,6 +1,7 @@
 """A GPU-queue worker killed (SIGKILL, whole process) during inference: the job completes once.
 
-Short limits keep this quick: task time limit 60 s, broker visibility timeout 65 s. The killed
+Short limits keep this quick: task time limit 40 s, broker visibility timeout 45 s; the study is
+the 5 mm version of the case (quicker conversion and outputs, same inference grid). The killed
 worker never acknowledged its message; a restarted worker puts it back once the visibility timeout
 has passed, runs the model again, and the job ends delivered with one SEG series in Orthanc.
 "Inference is running" is read from the broker itself: the segment message of this job sits in
@@ -47,8 +48,8 @@ def service(tmp_path_factory: pytest.TempPathFactory, orthanc: Orthanc):
         Path(tmp_path_factory.mktemp("kill-service")),
         pacs=orthanc,
         extra_env={
-            "GLIOMASEG_QUEUE__TASK_TIME_LIMIT_S": "60",
-            "GLIOMASEG_QUEUE__VISIBILITY_TIMEOUT_S": "65",
+            "GLIOMASEG_QUEUE__TASK_TIME_LIMIT_S": "40",
+            "GLIOMASEG_QUEUE__VISIBILITY_TIMEOUT_S": "45",
         },
     )
     svc.start_node()
@@ -61,7 +62,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, orthanc: Orthanc):
 def test_a_worker_killed_during_inference_completes_the_job_once(
     datasets: Path, orthanc: Orthanc, service: Service, tmp_path: Path
 ) -> None:
-    study = write_brats_case(datasets / "brats" / CASE, tmp_path / "study")
+    study = write_brats_case(datasets / "brats" / CASE, tmp_path / "study", slice_mm=5.0)
     storescu("127.0.0.1", service.dicom_port, "GLIOMASEG", study.paths, calling_aet="MODALITY")
     store = JobStore(service.database_url)
     job = wait_for(lambda: next(iter(store.list(study_uid=study.study_uid)), None), timeout_s=120)
