@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TCP_NODELAY := 1
 
-.PHONY: setup run demo test test-unit lint bench system-deps services clean
+.PHONY: setup run demo test test-unit lint bench system-deps services clean redis-dep
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,12 +19,18 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 ## Start the whole service on this machine with the embedded defaults (Ctrl-C stops it).
-run: setup
+run: setup redis-dep
 	$(BIN)/gliomaseg serve
 
 ## The whole loop on one machine: service + a receiving PACS + a study, then where to look.
 demo: setup
 	$(BIN)/gliomaseg demo
+
+## redis-server for `make run` when no Redis answers on 127.0.0.1:6379 (serve starts and stops it itself).
+redis-dep:
+	@command -v redis-server >/dev/null || (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null || \
+	  { echo "installing Debian package redis-server"; apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
 
 ## Debian packages the tests talk to: DCMTK, Orthanc, dciodvfy, Chromium, docker-compose (validation only).
 system-deps:
