@@ -71,11 +71,13 @@ def augment(
     max_rotation_deg: float = 15.0,
     scale_range: tuple[float, float] = (0.85, 1.15),
     p_intensity: float = 0.5,
+    p_bias: float = 0.3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch: image (B, C, X, Y, Z) float, regions (B, R, X, Y, Z) float in {0, 1}.
 
     Small rotations and isotropic scaling (probability ``p_spatial``), random flips along each axis,
-    and per-channel intensity scale/shift (probability ``p_intensity``). Brain background stays 0.
+    a smooth multiplicative bias field per channel (probability ``p_bias``), and per-channel intensity
+    scale/shift (probability ``p_intensity``). Brain background stays 0.
     """
     b = image.shape[0]
     if rng.random() < p_spatial:
@@ -98,6 +100,8 @@ def augment(
         if rng.random() < 0.5:
             image = image.flip(axis)
             regions = regions.flip(axis)
+    if rng.random() < p_bias:
+        image = _bias_field(image, rng)
     if rng.random() < p_intensity:
         c = image.shape[1]
         scale = torch.tensor(
@@ -109,6 +113,28 @@ def augment(
         brain = (image != 0).any(dim=1, keepdim=True)
         image = torch.where(brain, image * scale + shift, image)
     return image.contiguous(), regions.contiguous()
+
+
+def _bias_field(
+    image: torch.Tensor, rng: np.random.Generator, max_log_gain: float = 0.5
+) -> torch.Tensor:
+    """A smooth multiplicative field (MR intensity inhomogeneity) applied to z-scored images.
+
+    On raw intensities x * b; after z-scoring with brain mean m and deviation s that is
+    z * b + (m / s) * (b - 1); m / s is drawn from 2-4 (typical of brain MR).
+    """
+    b, c = image.shape[:2]
+    coarse = torch.tensor(
+        rng.uniform(-1, 1, (b, c, 3, 3, 3)), dtype=image.dtype, device=image.device
+    )
+    field = F.interpolate(coarse, size=image.shape[2:], mode="trilinear", align_corners=True)
+    gain = torch.tensor(
+        rng.uniform(0, max_log_gain, (b, c, 1, 1, 1)), dtype=image.dtype, device=image.device
+    )
+    field = torch.exp(field * gain)
+    k = torch.tensor(rng.uniform(2, 4, (b, c, 1, 1, 1)), dtype=image.dtype, device=image.device)
+    brain = (image != 0).any(dim=1, keepdim=True)
+    return torch.where(brain, image * field + k * (field - 1), image)
 
 
 def region_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
