@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 STEP_BUCKETS_S = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, float("inf"))
 JOB_STATES = ("waiting", "queued", "running", "delivered", "failed", "delivery_failed")
 PAGE = 500
+JOBS_TABLE = "gliomaseg_jobs"  # dicom_node.jobs
 AUDITED = ("instances_received", "instances_rejected", "association_rejected")
 
 
@@ -90,6 +91,14 @@ def summarise(jobs: Iterable[Any], audit: Iterable[dict[str, Any]]) -> Snapshot:
     snap.received = dict(received)
     snap.rejected = dict(rejected)
     return snap
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, str):  # a database without a native JSON type
+        import json
+
+        return json.loads(value)
+    return value or []
 
 
 def histogram_buckets(values: list[float]) -> list[tuple[str, float]]:
@@ -178,9 +187,39 @@ class JobsCollector:
         self.queues = list(queues)
         self.cache_s = cache_s
         self._cached: tuple[float, Snapshot] | None = None
+        self._table: Any = None
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._last_updated: Any = None
         self._lock = threading.Lock()
 
-    def _jobs(self) -> Iterator[Any]:
+    def _jobs(self) -> Iterable[Any]:
+        """Every job's state, source, steps and deliveries.
+
+        With a SQL JobStore (``store.engine``) only the rows updated since the previous scrape are
+        read (a few columns, no model objects); other stores are paged through ``store.list``.
+        """
+        engine = getattr(self.store, "engine", None)
+        if engine is None:
+            return self._paged()
+        from sqlalchemy import MetaData, Table, select
+
+        if self._table is None:
+            self._table = Table(JOBS_TABLE, MetaData(), autoload_with=engine)
+        t = self._table
+        stmt = select(t.c.id, t.c.state, t.c.source, t.c.steps, t.c.deliveries, t.c.updated)
+        if self._last_updated is not None:
+            stmt = stmt.where(t.c.updated >= self._last_updated)
+        with engine.connect() as conn:
+            for row in conn.execute(stmt):
+                self._rows[row.id] = {
+                    "state": row.state, "source": row.source or "dicom",
+                    "steps": _json(row.steps), "deliveries": _json(row.deliveries),
+                }  # fmt: skip
+                if self._last_updated is None or row.updated > self._last_updated:
+                    self._last_updated = row.updated
+        return self._rows.values()
+
+    def _paged(self) -> Iterator[Any]:
         offset = 0
         while True:
             page = self.store.list(limit=PAGE, offset=offset)

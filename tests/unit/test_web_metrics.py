@@ -53,3 +53,23 @@ def test_families_render_as_valid_prometheus_text():
     assert parsed["gliomaseg_jobs"].samples[0].labels == {"state": "running"}
     assert parsed["gliomaseg_step_duration_seconds"].type == "histogram"
     assert parsed["gliomaseg_instances_rejected"].type == "counter"
+
+
+def test_collector_reads_only_changed_jobs_and_sees_every_change(tmp_path):
+    from dicom_node.jobs import JobState, JobStore
+    from web.metrics import JobsCollector
+
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    a = store.create("1.1", calling_ae="A", calling_ip="1.1.1.1")
+    b = store.create("1.2", calling_ae="A", calling_ip="1.1.1.1", source="upload")
+    collector = JobsCollector(store, "memory://", [], cache_s=0)
+    first = collector.snapshot()
+    assert first.jobs_by_state["waiting"] == 2 and first.studies_by_source == {"dicom": 1, "upload": 1}
+    store.add_step(a.id, {"step": "segment", "elapsed_s": 12.5})
+    store.update(b.id, deliveries=[{"peer": "PACS", "ok": True}])
+    store.set_state(b.id, JobState.delivered)
+    second = collector.snapshot()
+    assert second.jobs_by_state["waiting"] == 1 and second.jobs_by_state["delivered"] == 1
+    assert second.step_durations_s == {"segment": [12.5]}
+    assert second.deliveries == {("PACS", "ok"): 1}
+    assert len(collector._rows) == 2
