@@ -212,3 +212,16 @@ def test_training_core_imports_only_torch_numpy_safetensors_tqdm():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_bias_field_is_smooth_and_keeps_background():
+    from model.sampling import _bias_field
+
+    x = torch.ones(1, 4, 24, 24, 24)
+    x[:, :, :3] = 0  # outside the brain
+    y = _bias_field(x, np.random.default_rng(3))
+    assert (y[:, :, :3] == 0).all()
+    inside = y[:, :, 3:]
+    # smooth: neighbouring voxels differ far less than the field varies across the patch
+    step = (inside[..., 1:] - inside[..., :-1]).abs().max()
+    assert step < 0.2 * (inside.max() - inside.min()) + 1e-6
