@@ -216,7 +216,14 @@ def create_app(
         if seg is None or not files:
             return None
         with build_lock:
-            write_viewer_files(files, seg, cache)
+            try:
+                write_viewer_files(files, seg, cache)
+            except Exception as exc:  # e.g. an enhanced multi-frame reference: no viewer, say why
+                log.warning(
+                    "viewer volume could not be rebuilt from the DICOM outputs",
+                    extra={"job_id": job.id, "error": type(exc).__name__},
+                )
+                return None
         return cache
 
     seg_cache: dict[str, tuple[float, Path | None]] = {}
