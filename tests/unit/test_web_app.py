@@ -29,7 +29,7 @@ def env(tmp_path_factory):
         web={"token": TOKEN},
         peers={"PACS": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}},
         outputs={"destinations": ["PACS"]},
-        queue={"broker_url": "redis://127.0.0.1:6379/15"},
+        queue={"broker_url": "memory://"},  # unit tests talk to no server
     )
     spool = Spool(settings.spool.root)
     store = JobStore(settings.database_url)
