@@ -131,8 +131,11 @@ def seeded(web):
     return store, job, failed
 
 
-def test_jobs_page_shows_live_state_and_filters(page, seeded, shots):
+def test_jobs_page_shows_live_state_and_filters(page, web, seeded, shots):
     store, job, failed = seeded
+    # only this test's jobs (other tests share the service): the calling AE filter, from the URL
+    page.goto(web[0] + "/?calling_ae=BROWSERTEST")
+    assert page.input_value("input[name=calling_ae]") == "BROWSERTEST"
     page.wait_for_selector(f"tr[data-job='{job.id}']")
     assert "delivered" in page.inner_text(f"tr[data-job='{job.id}']")
     # a job that appears and changes state while the page is open
@@ -147,7 +150,8 @@ def test_jobs_page_shows_live_state_and_filters(page, seeded, shots):
     )
     assert page.locator(f"tr[data-job='{failed.id}']").count() == 1
     assert page.locator(f"tr[data-job='{job.id}']").count() == 0
-    assert "state=failed" in page.url
+    assert "state=failed" in page.url and "calling_ae=BROWSERTEST" in page.url
+    assert page.inner_text("#pageinfo") == "1–1 of 1"
 
 
 def _canvas(page) -> str:
