@@ -5,7 +5,8 @@ the 5 mm version of the case (quicker conversion and outputs, same inference gri
 worker never acknowledged its message; a restarted worker puts it back once the visibility timeout
 has passed, runs the model again, and the job ends delivered with one SEG series in Orthanc.
 "Inference is running" is read from the broker itself: the segment message of this job sits in
-Redis's unacknowledged set while the (solo-pool) GPU worker executes it.
+Redis's unacknowledged set while the GPU worker executes it. The killed worker is a prefork one
+(parent and pool child both killed), its replacement a solo one: both load the model at start.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def service(tmp_path_factory: pytest.TempPathFactory, orthanc: Orthanc):
     )
     svc.start_node()
     svc.start_worker("worker-cpu", "--queues", "cpu", "--concurrency", "1")
-    svc.start_worker("worker-gpu", "--queues", "gpu", "--pool", "solo")
+    # prefork here (the model loads in the pool child after fork); the replacement below is solo
+    svc.start_worker("worker-gpu", "--queues", "gpu", "--concurrency", "1")
     yield svc
     svc.stop_all()
 
