@@ -225,3 +225,27 @@ def test_bias_field_is_smooth_and_keeps_background():
     # smooth: neighbouring voxels differ far less than the field varies across the patch
     step = (inside[..., 1:] - inside[..., :-1]).abs().max()
     assert step < 0.2 * (inside.max() - inside.min()) + 1e-6
+
+
+def test_small_enhancing_tumour_becomes_necrosis():
+    from model.inference import postprocess_et
+
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[2:6, 2:6, 2:6] = 2
+    labels[3:5, 3:5, 3:5] = 4  # 8 voxels of 1 mm^3
+    assert (postprocess_et(labels, (1, 1, 1), 200.0) == 4).sum() == 0
+    assert (postprocess_et(labels, (1, 1, 1), 200.0) == 1).sum() == 8
+    assert (postprocess_et(labels, (3, 3, 3), 200.0) == 4).sum() == 8  # 216 mm^3: kept
+    assert (postprocess_et(labels, (1, 1, 1), 0.0) == 4).sum() == 8  # rule off
+
+
+def test_predict_case_refuses_bad_spacing(tmp_path):
+    from model.inference import predict_case
+
+    save_bundle(tmp_path / "b", UNet3D(NetworkConfig(base_filters=4, depth=3)), _meta())
+    b = load_bundle(tmp_path / "b", device="cpu")
+    images = {c: np.ones((8, 8, 8), np.float32) for c in pp.CHANNELS}
+    with pytest.raises(ValueError, match="spacing_mm must be three positive numbers"):
+        predict_case(b, images, (1.0, 0.0, 1.0))
+    labels = predict_case(b, images, (1.0, 1.0, 1.0))
+    assert labels.shape == (8, 8, 8) and labels.dtype == np.uint8
