@@ -193,6 +193,26 @@ def _wait(predicate: Any, timeout_s: float) -> Any:
         time.sleep(0.2)
 
 
+def _gpu_name() -> str | None:
+    """The CUDA device the GPU-queue worker would use (model.device = auto), or None."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.e2e_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=2, help="runs per case (first cold, rest warm)")
@@ -234,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-            "gpu": False,
+            "gpu": _gpu_name(),
         },
         "definition": {
             "start": "job handed to the queue by the node (or `gliomaseg retry` for warm runs)",
