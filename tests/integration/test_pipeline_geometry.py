@@ -4,7 +4,8 @@ A BraTS case is made into a DICOM study (studygen), spooled, converted and prepr
 parts; the segment step is given the case's ground truth on the prepared grid instead of a
 prediction (a known label volume pushed through, the model being the only stand-in); map-back,
 SEG, SR and overlay are the real ones. The SEG read back with highdicom must equal the ground truth
-voxel for voxel on the T1c series, and the recorded volumes must equal the voxel counts (1 mm^3).
+voxel for voxel on the T1c series and on the FLAIR series (both reference roles here), and the
+recorded volumes must equal the voxel counts (1 mm^3).
 """
 
 from __future__ import annotations
@@ -68,23 +69,27 @@ def test_ground_truth_survives_the_pipeline_voxel_for_voxel(datasets: Path, tmp_
     gt_ras = np.asanyarray(nib.as_closest_canonical(gt_img).dataobj).astype(np.uint8)
     settings = Settings()
     deps = dataclasses.replace(default_deps(settings), segmenter=lambda: GroundTruth(gt_ras))
-    pipeline = Pipeline(store, spool, deps, options_from(settings))  # no destinations: nothing sent
+    options = dataclasses.replace(options_from(settings), reference_roles=("T1c", "FLAIR"))
+    pipeline = Pipeline(store, spool, deps, options)  # no destinations: nothing is sent
     assert pipeline.run(job.id) == "delivered"
 
     done = store.get(job.id)
-    [seg_path] = [Path(f) for f in done.outputs["files"] if "/seg/" in f]
-    seg = hd.seg.segread(seg_path)
-    masks = seg.get_pixels_by_source_instance(
-        study.series["T1c"].sop_uids,
-        combine_segments=False,
-        skip_overlap_checks=True,
-        assert_missing_frames_are_empty=True,
-    )
     expected = np.transpose(gt, (2, 1, 0))  # pixel [r, c] of instance k = voxel [c, r, k]
-    for number, label in ((1, 1), (2, 2), (3, 4)):  # segment number -> BraTS label
-        np.testing.assert_array_equal(
-            masks[..., number - 1] > 0, expected == label, err_msg=f"label {label}"
+    for role in ("T1c", "FLAIR"):  # the SEG drawn on each reference series
+        [seg_path] = [Path(f) for f in done.outputs["files"] if f"/{role}/seg/" in f]
+        seg = hd.seg.segread(seg_path)
+        assert seg.SeriesInstanceUID == done.outputs["series"][role]["seg"]
+        masks = seg.get_pixels_by_source_instance(
+            study.series[role].sop_uids,
+            combine_segments=False,
+            skip_overlap_checks=True,
+            assert_missing_frames_are_empty=True,
         )
+        for number, label in ((1, 1), (2, 2), (3, 4)):  # segment number -> BraTS label
+            np.testing.assert_array_equal(
+                masks[..., number - 1] > 0, expected == label, err_msg=f"{role} label {label}"
+            )
+    assert done.outputs["series"]["T1c"]["seg"] != done.outputs["series"]["FLAIR"]["seg"]
     counts_ml = {label: float((gt == label).sum()) / 1000.0 for label in (1, 2, 4)}
     assert done.volumes_ml["necrotic"] == pytest.approx(counts_ml[1])
     assert done.volumes_ml["edema"] == pytest.approx(counts_ml[2])
