@@ -135,9 +135,9 @@ def _fail(p: Pipeline, job_id: str, reason: str) -> None:
 
 def _schedule_delivery(job_id: str, outcome: Any, attempt: int) -> None:
     if outcome is not None and outcome.retry_in_s is not None:
-        send_job.apply_async(
-            args=[job_id, attempt + 1, list(outcome.pending)], countdown=outcome.retry_in_s
-        )
+        # A message due later than the visibility timeout would be delivered twice by Redis.
+        delay_s = min(outcome.retry_in_s, get_settings().queue.visibility_timeout_s / 2)
+        send_job.apply_async(args=[job_id, attempt + 1, list(outcome.pending)], countdown=delay_s)
 
 
 @app.task(name=PROCESS_JOB, bind=True)
