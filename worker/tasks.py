@@ -143,7 +143,10 @@ def _schedule_delivery(job_id: str, outcome: Any, attempt: int) -> None:
 @app.task(name=PROCESS_JOB, bind=True)
 def process_job(self: Any, job_id: str) -> None:
     """cpu: convert + preprocess, then hand the job to the GPU queue."""
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    # A redelivered message (its worker died) or our own retry may take over a running job.
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered")) or bool(
+        self.request.retries
+    )
     if run_stage(self, job_id, "prepare", lambda p: p.prepare(job_id, redelivered=redelivered)):
         segment_job.apply_async(args=[job_id], queue=get_settings().queue.gpu_queue)
 
