@@ -75,6 +75,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "worker_max_tasks_per_child": None,
+        # A pool child imports the steps' libraries and loads the model before it reports ready:
+        # seconds on a busy machine, more than Celery's default 4 s.
+        "worker_proc_alive_timeout": 120.0,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "enable_utc": True,
     }

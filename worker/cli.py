@@ -78,6 +78,11 @@ def worker(
     from worker.app import configure
 
     app = configure(settings)
+    if settings.queue.cpu_queue in names:
+        if pool == "prefork":
+            tasks.PRELOAD_CPU_STEPS = True  # each child, after fork (they import torch: deepbet)
+        else:
+            tasks.preload_cpu_steps()
     if settings.queue.gpu_queue in names:
         if pool == "prefork":
             tasks.PRELOAD_MODEL = True  # each child loads the model after fork, never the parent

@@ -35,6 +35,17 @@ TRANSIENT_RETRIES = 3  # for steps other than delivery (which uses outputs.send_
 
 # Set by `gliomaseg worker` when this worker consumes the GPU queue: children load the model at start.
 PRELOAD_MODEL = False
+# Set by `gliomaseg worker` when it consumes the CPU queue: children import the CPU steps at start.
+PRELOAD_CPU_STEPS = False
+CPU_STEP_MODULES = (
+    "worker.convert",
+    "worker.preprocess",
+    "worker.mapback",
+    "worker.outputs.seg",
+    "worker.outputs.sr",
+    "worker.outputs.overlay",
+    "dicom_node.scu",
+)
 
 _context: dict[int, Pipeline] = {}
 _segmenter: dict[int, ModelSegmenter] = {}
@@ -93,8 +104,21 @@ def preload_model() -> None:
         log.exception("model could not be loaded at worker start")
 
 
+def preload_cpu_steps() -> None:
+    """Import the CPU steps' libraries now, not in the first job (seconds on a small machine)."""
+    import importlib
+
+    for name in CPU_STEP_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the step that needs it reports the error on its job
+            log.exception("could not import %s at worker start", name)
+
+
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
+    if PRELOAD_CPU_STEPS:
+        preload_cpu_steps()
     if PRELOAD_MODEL:
         preload_model()
 
