@@ -175,6 +175,9 @@ class OutputsSettings(_Section):
     overlay: bool = True
     send_retries: int = Field(5, ge=0)
     send_backoff_s: float = Field(2.0, ge=0)
+    # Studies uploaded through the web (often NIfTI with a made-up patient) are kept, not sent
+    # to the PACS, unless this is true; `gliomaseg resend JOB` sends one on purpose.
+    send_uploads: bool = False
 
     @field_validator("destinations")
     @classmethod

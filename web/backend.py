@@ -99,16 +99,16 @@ class DefaultActions:
         if not self.settings.outputs.destinations:
             raise PermanentError("no destinations configured (outputs.destinations)")
         try:
-            from worker.cli import _store_and_pipeline
+            from worker.cli import store_and_pipeline
         except ImportError as exc:
             raise ActionUnavailable(f"the worker package is not installed here ({exc})") from None
-        _, pipeline = _store_and_pipeline(self.settings)
+        _, pipeline = store_and_pipeline(self.settings)
         pipeline.options = dataclasses.replace(pipeline.options, send_retries=0)
         self.store.audit("resend", job_id=job_id, detail={"by": "web"})
 
         def run() -> None:
             try:
-                pipeline.deliver(job_id, attempt=0)
+                pipeline.deliver(job_id, attempt=0, explicit=True)
             except Exception:
                 log.exception("resend failed", extra={"job_id": job_id})
 

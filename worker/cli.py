@@ -129,9 +129,6 @@ def store_and_pipeline(settings: Settings) -> tuple[Any, Any]:
     )
 
 
-_store_and_pipeline = store_and_pipeline  # the web's actions import this name
-
-
 def _get_job(store: Any, job_id: str) -> Any:
     from config.errors import GliomasegError
 
@@ -173,14 +170,14 @@ def resend(ctx: click.Context, job_id: str, retries: int) -> None:
     _audit(store, "resend", job_id)
     attempt = 0
     try:
-        outcome = p.deliver(job_id, attempt=attempt)
+        outcome = p.deliver(job_id, attempt=attempt, explicit=True)
         while outcome.retry_in_s is not None:
             click.echo(
                 f"attempt {attempt + 1} failed: {outcome.reason}; retry in {outcome.retry_in_s:.0f} s"
             )
             time.sleep(outcome.retry_in_s)
             attempt += 1
-            outcome = p.deliver(job_id, attempt=attempt, pending=outcome.pending)
+            outcome = p.deliver(job_id, attempt=attempt, pending=outcome.pending, explicit=True)
     except PermanentError as exc:
         raise click.ClickException(str(exc)) from None
     for entry in store.get(job_id).deliveries[-len(settings.outputs.destinations) :]:

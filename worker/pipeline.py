@@ -158,6 +158,7 @@ class PipelineOptions:
     calling_ae: str = "GLIOMASEG"
     send_retries: int = 5
     send_backoff_s: float = 2.0
+    send_uploads: bool = False  # web uploads are kept, not sent, unless this is true
 
 
 @dataclass(frozen=True)
@@ -420,15 +421,27 @@ class Pipeline:
         return True
 
     def deliver(
-        self, job_id: str, *, attempt: int = 0, pending: Sequence[str] | None = None
+        self,
+        job_id: str,
+        *,
+        attempt: int = 0,
+        pending: Sequence[str] | None = None,
+        explicit: bool = False,
     ) -> DeliveryOutcome:
         """Send the kept outputs to each destination still ``pending`` (all when None).
 
         Records one ``send`` step and one ``deliveries`` entry per peer. Decides: ``delivered``
         when none is left; a retry in ``backoff_s(attempt)`` seconds while transient failures remain
         and ``attempt < send_retries``; else ``delivery_failed`` with the last reason.
+        A web upload is kept, not sent, unless ``send_uploads`` is set or the send is
+        ``explicit`` (an operator's resend).
         """
         job = self.store.get(job_id)
+        if job.source == "upload" and not (self.options.send_uploads or explicit):
+            with self.step(job_id, "send") as info:
+                info["detail"] = "upload: kept, not sent (outputs.send_uploads = false)"
+            self.store.set_state(job_id, "delivered")
+            return DeliveryOutcome(state="delivered")
         paths = output_paths(job)
         names = list(pending) if pending is not None else list(self.options.destinations)
         peers = {name: self.options.destinations[name] for name in names}
@@ -569,6 +582,7 @@ def options_from(settings: Any) -> PipelineOptions:
         calling_ae=settings.dicom.ae_title,
         send_retries=settings.outputs.send_retries,
         send_backoff_s=settings.outputs.send_backoff_s,
+        send_uploads=settings.outputs.send_uploads,
     )
 
 

@@ -8,6 +8,7 @@ tests/integration/test_e2e_*.py against Orthanc.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -55,7 +56,14 @@ class Sender:
         return SimpleNamespace(sent=len(paths), failed=0, statuses={})
 
 
-def make(tmp_path: Path, *, sender: Sender | None = None, convert: Any = None, retries: int = 2):
+def make(
+    tmp_path: Path,
+    *,
+    sender: Sender | None = None,
+    convert: Any = None,
+    retries: int = 2,
+    source: str = "dicom",
+):
     store = StateAdapter(JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite3'}"))
     spool = Spool(tmp_path / "spool")
     roles = {}
@@ -84,7 +92,12 @@ def make(tmp_path: Path, *, sender: Sender | None = None, convert: Any = None, r
     )
     options = PipelineOptions(destinations={"PACS": PACS}, send_retries=retries, send_backoff_s=0.5)
     job = store.create(
-        study, calling_ae="MODALITY", calling_ip="127.0.0.1", roles=roles, state=JobState.queued
+        study,
+        calling_ae="MODALITY",
+        calling_ip="127.0.0.1",
+        roles=roles,
+        state=JobState.queued,
+        source=source,
     )
     return Pipeline(store, spool, deps, options), job.id
 
@@ -259,3 +272,19 @@ def test_run_stage_decides_the_fate_of_a_job(
     tasks.run_stage(FakeTask(retries=0), job_id, "convert", boom(ConversionError("T2: no image")))
     assert p.store.get(job_id).reason == "T2: no image"
     assert tasks.run_stage(FakeTask(retries=0), job_id, "x", lambda _: 42) == 42
+
+
+def test_a_web_upload_is_kept_not_sent_unless_configured(tmp_path: Path) -> None:
+    sender = Sender(["ok", "ok"])
+    p, job_id = make(tmp_path, sender=sender, source="upload")
+    assert p.run(job_id) == "delivered"
+    job = p.store.get(job_id)
+    assert sender.calls == [] and job.deliveries == []
+    assert "kept, not sent" in job.steps[-1]["detail"]
+    # An operator's resend sends it on purpose.
+    assert p.deliver(job_id, explicit=True).state == "delivered"
+    assert len(sender.calls) == 1
+    # With outputs.send_uploads = true, uploads go out like any study.
+    p.options = dataclasses.replace(p.options, send_uploads=True)
+    assert p.deliver(job_id).state == "delivered"
+    assert len(sender.calls) == 2
