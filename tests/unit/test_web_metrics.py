@@ -64,7 +64,10 @@ def test_collector_reads_only_changed_jobs_and_sees_every_change(tmp_path):
     b = store.create("1.2", calling_ae="A", calling_ip="1.1.1.1", source="upload")
     collector = JobsCollector(store, "memory://", [], cache_s=0)
     first = collector.snapshot()
-    assert first.jobs_by_state["waiting"] == 2 and first.studies_by_source == {"dicom": 1, "upload": 1}
+    assert first.jobs_by_state["waiting"] == 2 and first.studies_by_source == {
+        "dicom": 1,
+        "upload": 1,
+    }
     store.add_step(a.id, {"step": "segment", "elapsed_s": 12.5})
     store.update(b.id, deliveries=[{"peer": "PACS", "ok": True}])
     store.set_state(b.id, JobState.delivered)
