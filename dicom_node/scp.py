@@ -13,8 +13,10 @@ import logging
 import socket
 import ssl
 import struct
+import threading
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pydicom
@@ -68,6 +70,14 @@ MR_TRANSFER_SYNTAXES: list[str] = [
 ]
 
 
+@dataclass
+class _AssocCounts:
+    calling_ae: str
+    calling_ip: str
+    received: int = 0  # answered Success (stored, a duplicate, or our own kind of object ignored)
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
 class Status:
     """The C-STORE statuses the node answers (PS3.4 B.2.3 and PS3.7 C)."""
 
@@ -77,6 +87,16 @@ class Status:
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
     PROCESSING_FAILURE = 0x0110
+
+
+# The reason an instance was refused, as the audit trail and /metrics name it.
+REJECT_REASONS = {
+    Status.REFUSED_SOP_CLASS_NOT_SUPPORTED: "SOP class not supported",
+    Status.OUT_OF_RESOURCES: "out of resources",
+    Status.DATASET_DOES_NOT_MATCH_SOP_CLASS: "dataset does not match SOP class",
+    Status.CANNOT_UNDERSTAND: "cannot understand",
+    Status.PROCESSING_FAILURE: "processing failure",
+}
 
 
 # pynetdicom's DUL loop sleeps this long whenever it finds no PDU (its default: 1 ms, which adds
@@ -182,6 +202,10 @@ class Handlers:
         self.run_loop_delay_s = (
             RUN_LOOP_DELAY_S if run_loop_delay_s == "default" else run_loop_delay_s
         )
+        # Per-association instance counts, written to the audit trail once when the
+        # connection closes (the web's /metrics sums them): never one row per instance.
+        self._counts: dict[int, _AssocCounts] = {}
+        self._counts_lock = threading.Lock()
 
     def as_list(self) -> list[Any]:
         return [
@@ -190,6 +214,7 @@ class Handlers:
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_CONN_CLOSE, self.on_conn_close),
         ]
 
     # -- association ---------------------------------------------------------------------------
@@ -247,17 +272,49 @@ class Handlers:
     def on_echo(self, event: Any) -> int:
         return Status.SUCCESS
 
+    def on_conn_close(self, event: Any) -> None:
+        with self._counts_lock:
+            counts = self._counts.pop(id(event.assoc), None)
+        if counts is None:
+            return
+        who = {"calling_ae": counts.calling_ae, "calling_ip": counts.calling_ip}
+        if counts.received:
+            self._audit(
+                "instances_received",
+                {**who, "count": counts.received},
+            )
+        for reason, n in sorted(counts.rejected.items()):
+            self._audit("instances_rejected", {**who, "reason": reason, "count": n})
+
+    def _count(self, event: Any, status: int) -> None:
+        assoc = event.assoc
+        with self._counts_lock:
+            counts = self._counts.get(id(assoc))
+            if counts is None:
+                counts = self._counts[id(assoc)] = _AssocCounts(
+                    calling_ae=_aet(assoc.requestor.ae_title), calling_ip=assoc.requestor.address
+                )
+            if status == Status.SUCCESS:
+                counts.received += 1
+            else:
+                counts.rejected[REJECT_REASONS.get(status, f"status 0x{status:04X}")] += 1
+
     # -- storage -------------------------------------------------------------------------------
     def on_store(self, event: Any) -> int:
         try:
-            return self._store(event)
+            status = self._store(event)
         except Exception as exc:  # nothing crashes the node
             log.error(
                 "C-STORE failed unexpectedly",
                 extra={"error": type(exc).__name__, "sop_ref": _sop_ref(event)},
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
-            return Status.PROCESSING_FAILURE
+            status = Status.PROCESSING_FAILURE
+        try:
+            self._count(event, int(status))
+        except Exception:  # counting must never change the answer
+            log.warning("could not count the instance", exc_info=True)
+        return status
 
     def _store(self, event: Any) -> int:
         request = event.request

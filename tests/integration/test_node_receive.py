@@ -19,6 +19,7 @@ from config.settings import Peer
 from dicom_node import scu
 from dicom_node.jobs import JobStore
 from dicom_node.spool import Spool
+from tests.conftest import wait_for
 from tests.node_support import (
     COMPREHENSIVE_SR,
     CT,
@@ -36,7 +37,7 @@ from tests.node_support import (
 
 pytestmark = pytest.mark.integration
 
-ALLOWED = '["ECHOSCU", "STORESCU", "GLIOMASEG", "SENDER1", "SENDER2", "SENDER3", "SENDER4", "FAR@10.9.9.9"]'
+ALLOWED = '["ECHOSCU", "STORESCU", "GLIOMASEG", "SENDER1", "SENDER2", "SENDER3", "SENDER4", "COUNTER", "FAR@10.9.9.9"]'
 
 
 @pytest.fixture(scope="module")
@@ -340,3 +341,35 @@ def test_shared_vendor_series_are_spooled_byte_exact(node, datasets):
         stored = pydicom.dcmread(got)
         assert stored.file_meta.TransferSyntaxUID == d.file_meta.TransferSyntaxUID
         assert stored.pixel_array.shape == (10, 64, 64)
+
+
+def test_instances_received_and_refused_are_counted_per_association(node, tmp_path):
+    """One audit row per association and outcome (what /metrics sums), never one per instance."""
+    study = generate_uid()
+    good = make_series(tmp_path / "good", 4, study_uid=study)
+    bad = tmp_path / "bad.dcm"
+    make_instance(bad, study_uid=study, series_uid=generate_uid())
+    ds = pydicom.dcmread(bad)
+    del ds.SeriesInstanceUID
+    ds.save_as(bad)
+    done = run_storescu(node.port, [*good, bad], calling="COUNTER", extra=("-R", "-nh"))
+    assert store_statuses(output(done))[:4] == ["Success"] * 4
+    store = JobStore(node.database_url)
+
+    def counted():
+        rows = [
+            e for e in store.audit_events(limit=5000) if e["detail"].get("calling_ae") == "COUNTER"
+        ]
+        return (
+            rows
+            if {e["event"] for e in rows} >= {"instances_received", "instances_rejected"}
+            else None
+        )
+
+    rows = wait_for(counted, timeout_s=30)
+    received = [e["detail"] for e in rows if e["event"] == "instances_received"]
+    rejected = [e["detail"] for e in rows if e["event"] == "instances_rejected"]
+    assert [r["count"] for r in received] == [4]
+    assert [(r["reason"], r["count"]) for r in rejected] == [
+        ("dataset does not match SOP class", 1)
+    ]
