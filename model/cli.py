@@ -88,10 +88,14 @@ def prepare(ctx: click.Context, data_dir: Path, out: Path, spacing_mm: str) -> N
     help="Comma-separated validation case ids (default: the 3 fixed ones).",
 )
 @click.option("--version", "version", default="0.1.0", show_default=True)
+@click.option("--init-from", "init_from", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Without a checkpoint in WORK, start from this bundle's weights "
+                                 "(e.g. the shipped one) instead of from zero.")  # fmt: skip
 @click.pass_context
 def train(ctx: click.Context, data: Path, out: Path, work: Path | None, steps: int, patch: str, batch_size: int,
           lr: float, tumour_prob: float, val_every: int, base_filters: int, depth: int, norm: str, seed: int,
-          threads: int, device: str, validation: str | None, version: str, budget_min: float) -> None:  # fmt: skip
+          threads: int, device: str, validation: str | None, version: str, budget_min: float,
+          init_from: Path | None) -> None:  # fmt: skip
     """Train the 3D U-Net on a prepared .npz; the best weights go to the bundle folder OUT."""
     settings_from(ctx)
     from model.network import NetworkConfig
@@ -110,7 +114,7 @@ def train(ctx: click.Context, data: Path, out: Path, work: Path | None, steps: i
             f"patch sizes must be multiples of {div} for depth {depth}; got {cfg.patch_size}"
         )
     work = work or out.parent / f"{out.name}-work"
-    best = run(data, out, work, cfg)
+    best = run(data, out, work, cfg, init_from=init_from)
     click.echo(json.dumps(best, indent=2))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from model.bundle import save_bundle
@@ -81,7 +82,13 @@ def _log(path: Path, record: dict) -> None:
 
 
 def train(
-    data: Path, out: Path, work: Path, cfg: TrainConfig, *, extra_meta: dict | None = None
+    data: Path,
+    out: Path,
+    work: Path,
+    cfg: TrainConfig,
+    *,
+    extra_meta: dict | None = None,
+    init_from: Path | None = None,
 ) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / "train_log.jsonl"
@@ -118,6 +125,26 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         step, best, elapsed_s = state["step"], state["best"], state.get("elapsed_s", 0.0)
         _log(log_path, {"event": "resume", "step": step, "time": time.time()})
+    elif init_from is not None:
+        # No checkpoint (e.g. a fresh machine): start from a bundle's weights, not from zero.
+        # The optimiser and schedule start anew; the bundle's validation score is the bar a
+        # new best must beat, so a worse early checkpoint never replaces it.
+        init_from = Path(init_from)
+        init_meta = json.loads((init_from / "metadata.json").read_text())
+        if init_meta.get("network") != cfg.network.to_json():
+            raise ValueError(
+                f"--init-from {init_from}: its network {init_meta.get('network')} differs from "
+                f"the one configured {cfg.network.to_json()}"
+            )
+        weights = load_file(str(init_from / "weights.safetensors"))
+        net.load_state_dict({k: v.float() for k, v in weights.items()})
+        prev = init_meta.get("training", {})
+        prev_val = prev.get("validation_at_training_spacing", {})
+        if list(prev.get("split", {}).get("validation", [])) == list(cfg.validation) and prev_val:
+            score = float(np.mean(list(prev_val["mean"].values())))
+            best = {"score": score, "step": 0, "dice": prev_val.get("cases", {})}
+        _log(log_path, {"event": "init", "from": str(init_from), "previous_step": prev.get("step"),
+                        "best": best["score"], "time": time.time()})  # fmt: skip
 
     base_meta = {
         "name": cfg.name, "version": cfg.version, "channels": meta["channels"],
@@ -136,6 +163,8 @@ def train(
                                 if k != "network"},
                      "device": str(device), "threads": torch.get_num_threads()},
     }  # fmt: skip
+    if init_from is not None:
+        base_meta["training"]["initialised_from"] = str(init_from)
     if extra_meta:
         base_meta.update(extra_meta)
     if step == 0:

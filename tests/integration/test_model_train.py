@@ -75,6 +75,22 @@ def test_prepare_train_resume_and_predict(synthetic: Path, tmp_path: Path, monke
     assert [e["event"] for e in events].count("resume") == 1
     assert [e["step"] for e in events if e["event"] == "validation"] == [2, 4]
 
+    # A fresh machine has no checkpoint: --init-from starts from the bundle's weights, and the
+    # bundle's own validation score is the bar a new best must beat.
+    work2, bundle2 = tmp_path / "work2", tmp_path / "bundle2"
+    args2 = [a if a not in (str(work), str(bundle)) else (str(work2) if a == str(work) else str(bundle2))
+             for a in args]  # fmt: skip
+    r = runner.invoke(cli, [*args2, "--steps", "2", "--init-from", str(bundle)])
+    assert r.exit_code == 0, r.output
+    events = [json.loads(line) for line in (work2 / "train_log.jsonl").read_text().splitlines()]
+    init = [e for e in events if e["event"] == "init"]
+    prev = load_bundle(bundle, device="cpu").metadata["training"]
+    prev_score = float(np.mean(list(prev["validation_at_training_spacing"]["mean"].values())))
+    assert len(init) == 1 and init[0]["previous_step"] == 4
+    assert init[0]["best"] == pytest.approx(prev_score)
+    improved = [e for e in events if e["event"] == "validation" and e["improved"]]
+    assert bundle2.exists() == bool(improved)
+
     b = load_bundle(bundle, device="cpu")
     case = nib.as_closest_canonical(
         nib.load(str(synthetic / "Brats18_SYN_3_1" / "Brats18_SYN_3_1_t1.nii.gz"))
