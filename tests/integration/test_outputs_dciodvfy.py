@@ -17,6 +17,7 @@ import pydicom
 import pytest
 
 from tests.unit.outputs_support import make_labels, make_mr_series
+from worker.mapback import NativeLabels
 from worker.outputs.overlay import build_overlay
 from worker.outputs.seg import build_seg, labels_from_segments
 from worker.outputs.sr import build_sr, volumes_from_sr
@@ -32,12 +33,6 @@ pytestmark = [
 
 VERSION = "0.3.1"
 BRATS_CASE = "Brats18_CBICA_ABM_1"  # 3398 / 30215 / 6159 voxels of labels 1 / 2 / 4 at 1 mm
-
-
-@dataclass(frozen=True)
-class Native:
-    labels: np.ndarray
-    datasets: list[pydicom.Dataset]
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -57,7 +52,7 @@ class Written:
 
 
 def write_all(labels: np.ndarray, datasets: list[pydicom.Dataset], out: Path) -> Written:
-    seg = build_seg(Native(labels, datasets), model_version=VERSION)
+    seg = build_seg(NativeLabels(labels, datasets), model_version=VERSION)
     volumes = region_volumes_ml(labels, datasets)
     sr = build_sr(volumes, seg, datasets, model_version=VERSION)
     sc = build_overlay(labels, datasets, model_version=VERSION, volumes_ml=volumes)
@@ -158,14 +153,8 @@ def test_multiframe_source_outputs_validate(tmp_path):
     labels = make_labels(12, 32, 32)
     frames = [12 - k for k in range(12)]
 
-    @dataclass(frozen=True)
-    class MultiFrameNative:
-        labels: np.ndarray
-        datasets: list[pydicom.Dataset]
-        frame_numbers: list[int]
-
     datasets = [mf] * 12
-    seg = build_seg(MultiFrameNative(labels, datasets, frames), model_version=VERSION)
+    seg = build_seg(NativeLabels(labels, datasets, frame_numbers=frames), model_version=VERSION)
     volumes = region_volumes_ml(labels, datasets, frames)
     sr = build_sr(volumes, seg, datasets, model_version=VERSION)
     sc = build_overlay(labels, datasets, model_version=VERSION, frame_numbers=frames)

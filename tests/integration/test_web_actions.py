@@ -14,6 +14,7 @@ from config.settings import Settings
 from dicom_node.jobs import JobState, JobStore
 from tests.conftest import free_port
 from tests.peers import Orthanc
+from worker.mapback import NativeLabels
 
 pytestmark = pytest.mark.integration
 
@@ -158,7 +159,6 @@ def test_upload_of_four_nifti_volumes_is_queued_on_the_broker(env, tmp_path):
 
 
 def test_resend_delivers_kept_outputs_to_the_pacs(env, orthanc: Orthanc, tmp_path):
-    from dataclasses import dataclass
 
     import numpy as np
     import pydicom
@@ -166,11 +166,6 @@ def test_resend_delivers_kept_outputs_to_the_pacs(env, orthanc: Orthanc, tmp_pat
     from dicom_node import studygen
     from tests.conftest import wait_for
     from worker.outputs.seg import build_seg
-
-    @dataclass
-    class Native:
-        labels: np.ndarray
-        datasets: list
 
     settings, store, client, _ = env
     vol = (np.random.default_rng(5).random((16, 16, 6)) * 500).astype(np.float32)
@@ -182,7 +177,7 @@ def test_resend_delivers_kept_outputs_to_the_pacs(env, orthanc: Orthanc, tmp_pat
     labels = np.zeros((len(datasets), 16, 16), np.uint8)
     labels[2, 4:8, 4:8] = 2
     seg_path = tmp_path / "seg.dcm"
-    build_seg(Native(labels, datasets), model_version="resend-test").save_as(seg_path)
+    build_seg(NativeLabels(labels, datasets), model_version="resend-test").save_as(seg_path)
     job = store.create(written.study_uid, calling_ae="MR", calling_ip="10.0.0.1")
     store.update(job.id, outputs={"files": [str(seg_path)], "dir": str(tmp_path)})
     store.set_state(job.id, JobState.delivery_failed, reason="PACS was down")

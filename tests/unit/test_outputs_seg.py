@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
@@ -12,17 +11,12 @@ import pydicom
 import pytest
 
 from tests.unit.outputs_support import CANARY_ID, CANARY_NAME, make_labels, make_mr_series
+from worker.mapback import NativeLabels
 from worker.outputs._common import OutputsError
 from worker.outputs.seg import build_seg, labels_from_segments
 from worker.outputs.writer import file_name, write_datasets
 
 VERSION = "0.3.1"
-
-
-@dataclass(frozen=True)
-class Native:
-    labels: np.ndarray
-    datasets: list[pydicom.Dataset]
 
 
 def read_back(path: Path, datasets: list[pydicom.Dataset]) -> np.ndarray:
@@ -46,7 +40,7 @@ CASES = {
 def test_seg_reads_back_voxel_for_voxel(case, tmp_path):
     ds = make_mr_series(**CASES[case])
     labels = make_labels(len(ds))
-    seg = build_seg(Native(labels, ds), model_version=VERSION)
+    seg = build_seg(NativeLabels(labels, ds), model_version=VERSION)
     [path] = write_datasets([seg], tmp_path)
     np.testing.assert_array_equal(read_back(path, ds), labels)
 
@@ -57,7 +51,7 @@ def test_seg_without_one_region_and_empty_prediction_read_back(tmp_path):
     labels[labels == 1] = 4  # no necrotic core at all
     empty = np.zeros_like(labels)
     for lab in (labels, empty):
-        seg = build_seg(Native(lab, ds), model_version=VERSION)
+        seg = build_seg(NativeLabels(lab, ds), model_version=VERSION)
         assert seg.SegmentationType == "BINARY"
         assert len(seg.SegmentSequence) == 3
         [path] = write_datasets([seg], tmp_path / str(int(lab.any())))
@@ -67,7 +61,9 @@ def test_seg_without_one_region_and_empty_prediction_read_back(tmp_path):
 @pytest.fixture(scope="module")
 def built():
     ds = make_mr_series()
-    return ds, build_seg(Native(make_labels(), ds), model_name="gliomaseg", model_version=VERSION)
+    return ds, build_seg(
+        NativeLabels(make_labels(), ds), model_name="gliomaseg", model_version=VERSION
+    )
 
 
 def test_seg_codes_algorithm_and_labels(built):
@@ -116,7 +112,7 @@ def test_seg_is_in_the_source_study_with_the_patient_and_references(built):
 
 def test_rerun_gives_identical_uids_and_file_names(built, tmp_path):
     ds, seg = built
-    again = build_seg(Native(make_labels(), ds), model_version=VERSION)
+    again = build_seg(NativeLabels(make_labels(), ds), model_version=VERSION)
     assert (again.SeriesInstanceUID, again.SOPInstanceUID) == (
         seg.SeriesInstanceUID,
         seg.SOPInstanceUID,
@@ -125,7 +121,7 @@ def test_rerun_gives_identical_uids_and_file_names(built, tmp_path):
     first = write_datasets([seg], tmp_path)
     assert write_datasets([again], tmp_path) == first
     assert [p.name for p in tmp_path.iterdir()] == [first[0].name]
-    other = build_seg(Native(make_labels(), ds), model_version="9.9.9")
+    other = build_seg(NativeLabels(make_labels(), ds), model_version="9.9.9")
     assert other.SeriesInstanceUID != seg.SeriesInstanceUID
 
 
@@ -133,7 +129,7 @@ def test_inputs_from_two_series_are_rejected():
     ds = make_mr_series(6, 8, 8)
     ds[3].SeriesInstanceUID = "1.2.3.4"
     with pytest.raises(OutputsError, match="one series of one study"):
-        build_seg(Native(np.zeros((6, 8, 8), np.uint8), ds), model_version=VERSION)
+        build_seg(NativeLabels(np.zeros((6, 8, 8), np.uint8), ds), model_version=VERSION)
 
 
 def test_no_patient_identifiers_in_logs(caplog):
@@ -145,7 +141,7 @@ def test_no_patient_identifiers_in_logs(caplog):
     ds = make_mr_series(6, 16, 16)
     with caplog.at_level(logging.DEBUG):
         for labels in (np.zeros((6, 16, 16), np.uint8), make_labels(6, 16, 16)):
-            seg = build_seg(Native(labels, ds), model_version=VERSION)
+            seg = build_seg(NativeLabels(labels, ds), model_version=VERSION)
             build_sr(region_volumes_ml(labels, ds), seg, ds, model_version=VERSION)
             build_overlay(labels, ds, model_version=VERSION)
     text = "\n".join(f"{r.name} {r.getMessage()} {r.__dict__}" for r in caplog.records)
@@ -163,13 +159,7 @@ def test_multiframe_source_reads_back_by_frame(tmp_path):
     labels = make_labels(12, 32, 32)
     frames = [12 - k for k in range(12)]
 
-    @dataclass(frozen=True)
-    class MultiFrameNative:
-        labels: np.ndarray
-        datasets: list[pydicom.Dataset]
-        frame_numbers: list[int]
-
-    seg = build_seg(MultiFrameNative(labels, [mf] * 12, frames), model_version=VERSION)
+    seg = build_seg(NativeLabels(labels, [mf] * 12, frame_numbers=frames), model_version=VERSION)
     [path] = write_datasets([seg], tmp_path)
     back = hd.seg.segread(path).get_pixels_by_source_frame(
         str(mf.SOPInstanceUID),
@@ -180,4 +170,4 @@ def test_multiframe_source_reads_back_by_frame(tmp_path):
     )
     np.testing.assert_array_equal(labels_from_segments(back), labels)
     with pytest.raises(OutputsError, match="needs frame_numbers"):
-        build_seg(Native(labels, [mf] * 12), model_version=VERSION)
+        build_seg(NativeLabels(labels, [mf] * 12), model_version=VERSION)

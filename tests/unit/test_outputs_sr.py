@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 
 from tests.unit.outputs_support import make_labels, make_mr_series
+from worker.mapback import NativeLabels
 from worker.outputs._common import OutputsError
 from worker.outputs.seg import build_seg
 from worker.outputs.sr import build_sr, volumes_from_sr
@@ -17,12 +16,6 @@ from worker.outputs.volumes import region_volumes_ml
 from worker.outputs.writer import write_datasets
 
 VERSION = "0.3.1"
-
-
-@dataclass(frozen=True)
-class Native:
-    labels: np.ndarray
-    datasets: list[pydicom.Dataset]
 
 
 def text_values(item, code: str) -> list[str]:
@@ -40,7 +33,7 @@ def text_values(item, code: str) -> list[str]:
 def case():
     ds = make_mr_series()
     labels = make_labels()
-    seg = build_seg(Native(labels, ds), model_version=VERSION)
+    seg = build_seg(NativeLabels(labels, ds), model_version=VERSION)
     volumes = region_volumes_ml(labels, ds)
     return ds, seg, volumes, build_sr(volumes, seg, ds, model_version=VERSION)
 
@@ -97,7 +90,7 @@ def test_sr_rerun_identical_uids(case):
 def test_sr_of_empty_prediction_says_zero():
     ds = make_mr_series(6, 16, 16)
     labels = np.zeros((6, 16, 16), np.uint8)
-    seg = build_seg(Native(labels, ds), model_version=VERSION)
+    seg = build_seg(NativeLabels(labels, ds), model_version=VERSION)
     sr = build_sr(region_volumes_ml(labels, ds), seg, ds, model_version=VERSION)
     assert volumes_from_sr(sr) == {
         k: 0.0 for k in ("necrotic", "edema", "enhancing", "tumor_core", "whole_tumor")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -11,12 +9,7 @@ import pytest
 
 from web.fromdicom import find_seg, write_viewer_files
 from web.viewer import load_viewer_volume
-
-
-@dataclass
-class Native:
-    labels: np.ndarray
-    datasets: list
+from worker.mapback import NativeLabels
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def case(tmp_path_factory):
     labels[4, 5:9, 6:12] = 2
     labels[5, 7, 8] = 4
     labels[6, 3, 3] = 1
-    seg = build_seg(Native(labels, datasets), model_version="test")
+    seg = build_seg(NativeLabels(labels, datasets), model_version="test")
     out = root / "outputs"
     out.mkdir()
     seg.save_as(out / "seg.dcm")
