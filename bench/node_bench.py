@@ -191,6 +191,7 @@ import sys
 import dicom_node.scp as scp
 scp.RUN_LOOP_DELAY_S = {delay!r}
 scp.MAXIMUM_PDU_SIZE = {pdu!r}
+scp.FAST_PATH = {fast!r}
 from gliomaseg.cli import cli
 cli(["node"], obj={{}})
 """
@@ -205,6 +206,7 @@ def run_node(
     pdu: int,
     tag: str,
     fsync: bool = True,
+    fast: bool = True,
 ) -> dict[str, Any]:
     times, peaks = [], []
     for r in range(repeat):
@@ -224,7 +226,7 @@ def run_node(
             }
         )
         proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER.format(delay=delay, pdu=pdu)],
+            [sys.executable, "-c", LAUNCHER.format(delay=delay, pdu=pdu, fast=fast)],
             env=env,
             cwd=REPO,
             stdout=subprocess.DEVNULL,

@@ -55,6 +55,9 @@ def setup_logging(level: str = "INFO") -> None:
 
         pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
         pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+        # Its "standard" handlers describe every PDU and DIMSE message at DEBUG/INFO, work done
+        # per instance for lines its logger (kept at WARNING below) would drop anyway.
+        pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     except ImportError:  # pragma: no cover - pynetdicom is a dependency
         pass
     for noisy in ("pynetdicom", "pydicom", "highdicom", "dicom2nifti", "celery", "kombu"):

@@ -69,6 +69,7 @@ class Node:
             settings.spool.root,
             min_free_bytes=settings.spool.min_free_mb * 2**20,
             fsync=settings.spool.fsync,
+            journal=True,
         )
         self.store = store or JobStore(settings.database_url)
         self.enqueuer: Enqueuer = enqueuer or CeleryEnqueuer(
@@ -140,6 +141,12 @@ class Node:
     # -- start: rebuild from spool + database ----------------------------------------------------
     def rebuild(self) -> None:
         """Rebuild the index from the spool and the jobs database (at start)."""
+        recovered = self.spool.recover()
+        if recovered:
+            log.warning(
+                "rewrote instances from the spool journal after an unclean stop",
+                extra={"n_files": recovered},
+            )
         removed = self.spool.clean_tmp()
         if removed:
             log.info("removed partial writes from spool/tmp", extra={"n_files": removed})
@@ -186,6 +193,8 @@ class Node:
     # -- completion ------------------------------------------------------------------------------
     def tick(self) -> None:
         """One completion pass: record late instances, decide studies, hand off pending jobs."""
+        # Journalled instances become durable in their own files before any study is decided.
+        self.spool.checkpoint()
         now = self.clock()
         with self._lock:
             late, self._late = self._late, {}
@@ -352,6 +361,7 @@ class Node:
             self._server = None
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.spool.checkpoint()
         close = getattr(self.enqueuer, "close", None)
         if close:
             close()

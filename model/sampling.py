@@ -72,12 +72,14 @@ def augment(
     scale_range: tuple[float, float] = (0.85, 1.15),
     p_intensity: float = 0.5,
     p_bias: float = 0.3,
+    p_gamma: float = 0.3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch: image (B, C, X, Y, Z) float, regions (B, R, X, Y, Z) float in {0, 1}.
 
     Small rotations and isotropic scaling (probability ``p_spatial``), random flips along each axis,
-    a smooth multiplicative bias field per channel (probability ``p_bias``), and per-channel intensity
-    scale/shift (probability ``p_intensity``). Brain background stays 0.
+    a smooth multiplicative bias field per channel (probability ``p_bias``), a per-channel gamma
+    (contrast) change (probability ``p_gamma``), and per-channel intensity scale/shift (probability
+    ``p_intensity``). Brain background stays 0.
     """
     b = image.shape[0]
     if rng.random() < p_spatial:
@@ -102,6 +104,8 @@ def augment(
             regions = regions.flip(axis)
     if rng.random() < p_bias:
         image = _bias_field(image, rng)
+    if rng.random() < p_gamma:
+        image = _gamma(image, rng)
     if rng.random() < p_intensity:
         c = image.shape[1]
         scale = torch.tensor(
@@ -135,6 +139,34 @@ def _bias_field(
     k = torch.tensor(rng.uniform(2, 4, (b, c, 1, 1, 1)), dtype=image.dtype, device=image.device)
     brain = (image != 0).any(dim=1, keepdim=True)
     return torch.where(brain, image * field + k * (field - 1), image)
+
+
+def _gamma(
+    image: torch.Tensor, rng: np.random.Generator, gamma_range: tuple[float, float] = (0.7, 1.5)
+) -> torch.Tensor:
+    """Per-channel gamma on the brain's intensity range, mean and deviation kept (as nnU-Net does).
+
+    Each channel's brain voxels are rescaled to [0, 1], raised to a gamma drawn from
+    ``gamma_range``, mapped back to the original range, and re-standardised to the original mean
+    and standard deviation: contrast between tissues changes, the z-scoring stays valid.
+    """
+    b, c = image.shape[:2]
+    brain = (image != 0).any(dim=1, keepdim=True)
+    out = image.clone()
+    for i in range(b):
+        m = brain[i, 0]
+        if not bool(m.any()):
+            continue
+        for ch in range(c):
+            v = image[i, ch][m]
+            lo, hi = v.min(), v.max()
+            if float(hi - lo) < 1e-6:
+                continue
+            g = float(rng.uniform(*gamma_range))
+            w = ((v - lo) / (hi - lo)).pow(g) * (hi - lo) + lo
+            w = (w - w.mean()) / (w.std() + 1e-6) * v.std() + v.mean()
+            out[i, ch][m] = w
+    return out
 
 
 def region_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:

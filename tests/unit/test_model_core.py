@@ -249,3 +249,22 @@ def test_predict_case_refuses_bad_spacing(tmp_path):
         predict_case(b, images, (1.0, 0.0, 1.0))
     labels = predict_case(b, images, (1.0, 1.0, 1.0))
     assert labels.shape == (8, 8, 8) and labels.dtype == np.uint8
+
+
+def test_gamma_changes_contrast_keeps_moments_and_background():
+    from model.sampling import _gamma
+
+    rng = np.random.default_rng(0)
+    x = torch.zeros(1, 2, 12, 12, 12)
+    x[:, :, 2:10, 2:10, 2:10] = torch.from_numpy(rng.normal(0, 1, (1, 2, 8, 8, 8)).astype(np.float32))
+    y = _gamma(x, np.random.default_rng(5), gamma_range=(1.5, 1.5))
+    inside = x[0, 0, 2:10, 2:10, 2:10]
+    out = y[0, 0, 2:10, 2:10, 2:10]
+    assert torch.all(y[:, :, 0] == 0) and torch.all(y[:, :, :, :, 11] == 0)
+    assert abs(float(out.mean() - inside.mean())) < 1e-4
+    assert abs(float(out.std() - inside.std())) < 1e-3
+    # a gamma above 1 is monotone but not linear: the ranking stays, the shape changes
+    flat_in, flat_out = inside.flatten(), out.flatten()
+    assert torch.equal(torch.argsort(flat_in), torch.argsort(flat_out))
+    corr = float(torch.corrcoef(torch.stack([flat_in, flat_out]))[0, 1])
+    assert 0.9 < corr < 0.9999
