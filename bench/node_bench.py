@@ -4,7 +4,11 @@
 DCMTK ``storescu`` (TCP_NODELAY=1 on both ends) to each receiver in turn; each receiver gets
 ``--repeat`` runs and the best is reported (the machine is shared). Variants of the node:
 
-* ``node``: as shipped (fsync per instance, DUL loop delay 100 us, no PDU size limit);
+* ``node``: as shipped (each instance flushed to the spool's journal before Success, its file
+  written by the placer thread; DUL loop delay 100 us; no PDU size limit; the receive fast path
+  of dicom_node/fastpath.py);
+* ``node_stock_pynetdicom``: the same without the fast path (pynetdicom's 1 ms acceptor sleep,
+  its C-STORE-RSP encoder and ``Event.encoded_dataset()``): what the fast path buys;
 * ``node_nofsync``: ``spool.fsync = false`` (storescp does not fsync either): the software cost;
 * ``node_nofsync_loop_0``: and a DUL loop that never sleeps (a busy core per association);
 * ``node_nofsync_loop_1ms``: and pynetdicom's default 1 ms DUL loop delay;
@@ -355,6 +359,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             results["node_nofsync_pdu_16k"] = run_node(
                 work, files, args.repeat, delay=shipped, pdu=16382, tag="pdu", fsync=False
+            )
+            results["node_stock_pynetdicom"] = run_node(
+                work, files, args.repeat, delay=shipped, pdu=0, tag="stock", fast=False
             )
         if args.profile:
             results["profile"] = profile_node(work, files, fsync=True)

@@ -16,6 +16,7 @@ import struct
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -339,15 +340,35 @@ class Handlers:
         except UnicodeEncodeError:
             log.warning("C-STORE refused: a UID in the request is not ASCII")
             return Status.CANNOT_UNDERSTAND
+        spool = self.receiver.spool
         try:
-            ds, problem = _parse(data)
+            spool.check_space(len(data))
+        except SpoolFullError:
+            log.error("C-STORE answered Out of Resources: spool below spool.min_free_mb")
+            return Status.OUT_OF_RESOURCES
+        # The headers are parsed on another thread while this one writes (and in journal mode
+        # flushes) the bytes: the flush releases the GIL, so the two overlap.
+        parsing = _parser_pool().submit(_parse, data) if PARALLEL_PARSE else _Done(_parse, data)
+        try:
+            pending = spool.begin(data)
+        except OSError as exc:
+            parsing.cancel()
+            log.error(
+                "C-STORE answered Out of Resources: spool write failed",
+                extra={"error": type(exc).__name__, "errno": exc.errno},
+            )
+            return Status.OUT_OF_RESOURCES
+        try:
+            ds, problem = parsing.result()
         except Exception as exc:
+            spool.abort(pending)
             log.warning(
                 "C-STORE refused: dataset cannot be parsed",
                 extra={"error": type(exc).__name__, "sop_ref": ref(sop_uid), "n_bytes": len(data)},
             )
             return Status.CANNOT_UNDERSTAND
         if problem:
+            spool.abort(pending)
             log.warning(
                 "C-STORE refused: " + problem, extra={"sop_ref": ref(sop_uid), "n_bytes": len(data)}
             )
@@ -369,10 +390,7 @@ class Handlers:
             )
             sop_uid = dataset_sop_uid
         try:
-            stored = self.receiver.spool.store(study_uid, series_uid, sop_uid, data)
-        except SpoolFullError:
-            log.error("C-STORE answered Out of Resources: spool below spool.min_free_mb")
-            return Status.OUT_OF_RESOURCES
+            stored = spool.commit(pending, study_uid, series_uid, sop_uid)
         except OSError as exc:
             log.error(
                 "C-STORE answered Out of Resources: spool write failed",
@@ -398,6 +416,50 @@ class Handlers:
             self.receiver.audit(event, detail=detail)
         except Exception:
             log.error("audit write failed", extra={"event": event}, exc_info=True)
+
+
+PARALLEL_PARSE = True
+
+
+class _Done:
+    """A parse run inline, with the Future methods _store uses."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        try:
+            self._value, self._exc = fn(*args), None
+        except Exception as exc:
+            self._value, self._exc = None, exc
+
+    def cancel(self) -> bool:
+        return False
+
+    def result(self) -> Any:
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _parser_pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parse")
+        return _POOL
+
+
+def locate(data: bytes) -> tuple[str, str, str] | None:
+    """(study, series, SOP instance) UIDs of an instance the node accepts, None for one it refuses.
+
+    The spool's journal recovery uses it: the same checks as on receipt.
+    """
+    ds, problem = _parse(data)
+    if problem:
+        return None
+    return _uid(ds, "StudyInstanceUID"), _uid(ds, "SeriesInstanceUID"), _uid(ds, "SOPInstanceUID")
 
 
 def _parse(data: bytes) -> tuple[Dataset, str | None]:

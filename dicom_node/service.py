@@ -26,7 +26,7 @@ from dicom_node.completion import SeriesState, StudyState, Verdict
 from dicom_node.enqueue import CeleryEnqueuer, Enqueuer, flush_pending, hand_off
 from dicom_node.jobs import JobState, JobStore
 from dicom_node.routing import StudyFacts, route
-from dicom_node.scp import Handlers, Received, build_ae, tls_context
+from dicom_node.scp import Handlers, Received, build_ae, locate, tls_context
 from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class Node:
     # -- start: rebuild from spool + database ----------------------------------------------------
     def rebuild(self) -> None:
         """Rebuild the index from the spool and the jobs database (at start)."""
-        recovered = self.spool.recover()
+        recovered = self.spool.recover(locate)
         if recovered:
             log.warning(
                 "rewrote instances from the spool journal after an unclean stop",

@@ -16,8 +16,11 @@ may.) The spool holds bytes only; the jobs database holds state.
 
 **Journal mode** (``journal=True``, the node's): two flushes per instance (the new file, then its
 folder) are the receive rate's ceiling, so each receiving thread appends the instance to its own
-write-ahead journal (``journal/<id>.wal``: path, length, CRC32, bytes) and flushes that once
-(``fdatasync`` of an append); the instance file is then written and linked without a flush.
+write-ahead journal (``journal/<id>.wal``: length, CRC32, bytes) and flushes that once
+(``fdatasync`` of an append): that is the durable copy behind Success. The instance file is
+written by a placer thread within milliseconds, without a flush. A store is split in two
+(:meth:`Spool.begin` with the bytes alone, :meth:`Spool.commit` with the UIDs) so that the node
+parses the headers while the journal is flushed.
 :meth:`Spool.checkpoint` (the node calls it every completion tick, before any study is handed
 on) swaps each journal for a fresh one, fsyncs the files the old one covered and their folders,
 and deletes it. :meth:`Spool.recover` (node start) replays any journal left by a crash: every
@@ -30,12 +33,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import struct
 import threading
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +47,9 @@ from config.errors import TransientError
 
 log = logging.getLogger(__name__)
 
-# A journal record: magic, path length, data length, CRC32 of path + data; then path, data.
-_RECORD = struct.Struct("<4sIQI")
-_MAGIC = b"GSJ1"
+# A journal record: magic, data length, CRC32 of the data; then the data (the instance file).
+_RECORD = struct.Struct("<4sQI")
+_MAGIC = b"GSJ2"
 
 
 class SpoolFullError(TransientError):
@@ -90,6 +94,11 @@ class Spool:
         self._dir_lock = threading.Lock()
         self._journals: dict[int, _Journal] = {}  # receiving thread -> its open journal
         self._journals_lock = threading.Lock()
+        self._placing: set[Path] = set()  # journalled instances whose files are being written
+        self._placing_lock = threading.Lock()
+        self._placer: threading.Thread | None = None
+        # Bounded: when the disk falls behind, receiving waits rather than filling memory.
+        self._queue: queue.Queue[tuple[Path, bytes, _Journal]] = queue.Queue(maxsize=256)
 
     # -- paths ----------------------------------------------------------------------------------
     def study_dir(self, study_uid: str) -> Path:
@@ -136,6 +145,14 @@ class Spool:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
+    def check_space(self, n_bytes: int) -> None:
+        """Raise SpoolFullError when writing ``n_bytes`` would go below the free-disk floor."""
+        if self.min_free_bytes and self.free_bytes() - n_bytes < self.min_free_bytes:
+            raise SpoolFullError(
+                f"free disk in {self.root} would drop below spool.min_free_mb "
+                f"({self.min_free_bytes // 2**20} MB); instance of {n_bytes} bytes not stored"
+            )
+
     def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Stored:
         """Write one instance durably; the same SOP instance twice is stored once.
 
@@ -145,49 +162,74 @@ class Spool:
         final = self.instance_path(study_uid, series_uid, sop_uid)
         if final.exists():
             return Stored(final, False, len(data))
-        if self.min_free_bytes and self.free_bytes() - len(data) < self.min_free_bytes:
-            raise SpoolFullError(
-                f"free disk in {self.root} would drop below spool.min_free_mb "
-                f"({self.min_free_bytes // 2**20} MB); instance of {len(data)} bytes not stored"
-            )
-        self._ensure_dir(final.parent)
+        self.check_space(len(data))
+        return self.commit(self.begin(data), study_uid, series_uid, sop_uid)
+
+    def begin(self, data: bytes) -> Pending:
+        """First half of a store, before the instance's UIDs are known (the node parses meanwhile).
+
+        Journal mode: appends ``data`` to this thread's journal and flushes it; from here on the
+        instance survives a crash (a restart's :meth:`recover` puts it in place). Otherwise:
+        writes ``data`` to a file in tmp/ (fsynced). Follow with :meth:`commit` or :meth:`abort`.
+        """
         if self.journal:
-            # Durable here (one flush); the file below is made durable by the next checkpoint.
             while True:
                 journal = self._journal()
-                with journal.lock:
+                with journal.cond:
                     if journal.closed:  # swapped out by a checkpoint meanwhile: take a new one
                         continue
-                    journal.append(final.relative_to(self.root), data)
+                    journal.append(data)
+                    journal.inflight += 1
                     break
-            created = self._place(final, data, sync=False)
-            return Stored(final, created, len(data))
-        created = self._place(final, data, sync=self.fsync)
-        if created and self.fsync:
-            _fsync_dir(final.parent)
-        return Stored(final, created, len(data))
-
-    def _place(self, final: Path, data: bytes, *, sync: bool) -> bool:
-        """Write ``data`` to tmp/ and link it to ``final``; False when ``final`` already exists."""
+            return Pending(None, len(data), journal, data)
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                _write_all(fd, data)
-                if sync:
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            # link, not rename: atomic keep-first when two associations store one instance
-            os.link(tmp, final)
-        except FileExistsError:
-            tmp.unlink(missing_ok=True)
-            return False
+            _write_file(tmp, data, sync=self.fsync)
         except OSError:
             tmp.unlink(missing_ok=True)
             raise
-        tmp.unlink()
-        return True
+        return Pending(tmp, len(data), None, b"")
+
+    def commit(self, pending: Pending, study_uid: str, series_uid: str, sop_uid: str) -> Stored:
+        """Put a begun write in place; a copy already there (or on its way) wins: a duplicate.
+
+        Journal mode: the instance is durable already; its file is written by the spool's
+        placer thread within milliseconds (:meth:`checkpoint` waits for it).
+        """
+        final = self.instance_path(study_uid, series_uid, sop_uid)
+        journal = pending.journal
+        if journal is not None:
+            with self._placing_lock:
+                duplicate = final in self._placing or final.exists()
+                if not duplicate:
+                    self._placing.add(final)
+            if duplicate:
+                journal.done()
+                return Stored(final, False, pending.n_bytes)
+            self._place_queue().put((final, pending.data, journal))
+            return Stored(final, True, pending.n_bytes)
+        assert pending.tmp is not None
+        self._ensure_dir(final.parent)
+        try:
+            # link, not rename: atomic keep-first when two associations store one instance
+            os.link(pending.tmp, final)
+        except FileExistsError:
+            pending.tmp.unlink(missing_ok=True)
+            return Stored(final, False, pending.n_bytes)
+        except OSError:
+            pending.tmp.unlink(missing_ok=True)
+            raise
+        pending.tmp.unlink()
+        if self.fsync:
+            _fsync_dir(final.parent)
+        return Stored(final, True, pending.n_bytes)
+
+    def abort(self, pending: Pending) -> None:
+        """Drop a begun write (the instance was refused); recovery ignores its journal record."""
+        if pending.journal is not None:
+            pending.journal.done()
+        elif pending.tmp is not None:
+            pending.tmp.unlink(missing_ok=True)
 
     # -- the journal (journal mode) ----------------------------------------------------------------
     def _journal(self) -> _Journal:
@@ -198,89 +240,136 @@ class Spool:
                 journal = self._journals[me] = _Journal(self.journal_dir)
         return journal
 
-    def checkpoint(self) -> int:
+    def _place_queue(self) -> queue.Queue[tuple[Path, bytes, _Journal]]:
+        with self._placing_lock:
+            if self._placer is None:
+                self._placer = threading.Thread(target=self._place_loop, name="placer", daemon=True)
+                self._placer.start()
+        return self._queue
+
+    def _place_loop(self) -> None:
+        """Write journalled instances to their files (no flush: the checkpoint does that)."""
+        while True:
+            final, data, journal = self._queue.get()
+            ok = True
+            try:
+                self._ensure_dir(final.parent)
+                tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+                try:
+                    _write_file(tmp, data, sync=False)
+                    os.link(tmp, final)
+                except FileExistsError:
+                    pass
+                finally:
+                    tmp.unlink(missing_ok=True)
+            except Exception:  # the journal keeps the instance; the next start puts it in place
+                ok = False
+                log.error("could not write a journalled instance to its file", exc_info=True)
+            with self._placing_lock:
+                self._placing.discard(final)
+            journal.done(final if ok else None, failed=not ok)
+            self._queue.task_done()
+
+    def drain(self) -> None:
+        """Wait until every journalled instance so far has its file (not yet flushed)."""
+        if self._placer is not None:
+            self._queue.join()
+
+    def checkpoint(self, timeout_s: float = 120.0) -> int:
         """Make every journalled instance durable in its own file; delete the journals.
 
-        Each journal is swapped for a fresh one first, so receiving never waits for the flushes.
+        Each journal is swapped for a fresh one first (receiving goes on into the new one), its
+        instances' files are waited for, flushed with their folders, and the journal deleted.
+        A journal whose files could not all be written stays for :meth:`recover`.
         Returns the number of instance files flushed.
         """
         if not self.journal:
             return 0
         with self._journals_lock:
-            swapped = [j for j in self._journals.values() if j.paths]
+            swapped = [j for j in self._journals.values() if j.n_records]
             for j in swapped:
                 del self._journals[j.thread]
         n = 0
         for j in swapped:
-            with j.lock:  # a store in flight on that thread finishes its append first
+            with j.cond:
                 j.close()
-            dirs: set[Path] = set()
-            for rel in j.paths:
-                path = self.root / rel
+                settled = j.cond.wait_for(lambda j=j: j.inflight == 0, timeout_s)
+            for path in j.paths:
                 try:
-                    fd = os.open(path, os.O_RDONLY)
-                except FileNotFoundError:  # a duplicate that lost the race: nothing to flush
+                    _fsync_file(path)
+                except FileNotFoundError:  # removed meanwhile (e.g. the study was deleted)
                     continue
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                dirs.add(path.parent)
                 n += 1
-            for d in dirs:
-                _fsync_dir(d)
-            j.path.unlink(missing_ok=True)
+            for d in {p.parent for p in j.paths}:
+                if d.is_dir():
+                    _fsync_dir(d)
+            if settled and not j.failed:
+                j.path.unlink(missing_ok=True)
+            else:
+                log.error(
+                    "journal kept for recovery at the next start", extra={"journal": j.path.name}
+                )
         return n
 
-    def recover(self) -> int:
+    def recover(self, locate: Callable[[bytes], tuple[str, str, str] | None]) -> int:
         """Replay the journals a crash left behind (node start); returns instances rewritten.
 
-        A file that matches any journalled copy of its instance is kept (the first copy received
-        wins, as in :meth:`store`); one that is missing or torn gets the first journalled copy.
+        ``locate`` gives a journalled instance's (study, series, SOP instance) UIDs, or None for
+        one the node refused (it checks exactly as on receipt). A file that matches any
+        journalled copy of its instance, or that passes ``locate``'s checks where it lies, is kept
+        (the first copy received wins, as in :meth:`store`); one that is missing or torn gets the
+        first journalled copy.
         """
         if not self.journal_dir.is_dir():
             return 0
         journals = sorted(self.journal_dir.glob("*.wal"), key=lambda p: p.stat().st_mtime)
-        copies: dict[str, set[tuple[int, int]]] = {}  # path -> (length, crc) of every copy
-        first: dict[str, bytes] = {}
+        copies: dict[Path, set[tuple[int, int]]] = {}  # file -> (length, crc) of every copy
+        first: dict[Path, bytes] = {}
         for path in journals:
-            for rel, data, crc in _read_journal(path):
-                copies.setdefault(rel, set()).add((len(data), crc))
-                first.setdefault(rel, data)
-        rewritten = 0
-        for rel, data in first.items():
-            final = (self.root / rel).resolve()
-            if self.studies not in final.parents:  # never write outside the spool
-                log.error("journal record outside the spool ignored")
-                continue
-            if _fingerprint(final, rel) in copies[rel]:
-                continue
-            self._ensure_dir(final.parent)
-            tmp = self.tmp / f"{uuid.uuid4().hex}.part"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
-            rewritten += 1
-        # Files that were intact but never flushed: flush them before the journals go.
-        for rel in first:
-            final = self.root / rel
-            if final.exists():
-                fd = os.open(final, os.O_RDONLY)
+            for data, crc in _read_journal(path):
                 try:
+                    uids = locate(data)
+                except Exception:
+                    uids = None
+                if uids is None:
+                    continue
+                final = self.instance_path(*uids)
+                copies.setdefault(final, set()).add((len(data), crc))
+                first.setdefault(final, data)
+        rewritten = 0
+        for final, data in first.items():
+            if _fingerprint(final) not in copies[final] and not self._complete(final, locate):
+                self._ensure_dir(final.parent)
+                tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                try:
+                    _write_all(fd, data)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-        for d in {(self.root / rel).parent for rel in first}:
-            if d.is_dir():
-                _fsync_dir(d)
+                os.replace(tmp, final)
+                rewritten += 1
+            else:  # intact, but maybe never flushed
+                _fsync_file(final)
+        for d in {f.parent for f in first}:
+            _fsync_dir(d)
         for path in journals:
             path.unlink()
         return rewritten
+
+    def _complete(
+        self, final: Path, locate: Callable[[bytes], tuple[str, str, str] | None]
+    ) -> bool:
+        """A spooled file that passes the receipt checks and belongs where it is.
+
+        Such a file was flushed by an earlier checkpoint (a torn one fails the checks: it is
+        empty, short, or its pixel data is cut): a later duplicate must not replace it.
+        """
+        try:
+            uids = locate(final.read_bytes())
+        except Exception:
+            return False
+        return uids is not None and self.instance_path(*uids) == final
 
     def _ensure_dir(self, d: Path) -> None:
         if d in self._known_dirs:
@@ -305,28 +394,47 @@ class Spool:
         return n
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A begun write (:meth:`Spool.begin`): journalled (journal mode) or in tmp/."""
+
+    tmp: Path | None
+    n_bytes: int
+    journal: _Journal | None
+    data: bytes
+
+
 class _Journal:
     """One receiving thread's append-only write-ahead journal."""
 
     def __init__(self, folder: Path) -> None:
         self.thread = threading.get_ident()
         self.path = folder / f"{uuid.uuid4().hex}.wal"
-        self.lock = threading.Lock()
-        self.paths: list[Path] = []
+        self.cond = threading.Condition()
+        self.paths: list[Path] = []  # instance files written under this journal's cover
+        self.n_records = 0
+        self.inflight = 0  # records begun but not yet written to a file or dropped
         self.closed = False
+        self.failed = False
         self._fd: int | None = None
         self._folder = folder
 
-    def append(self, rel: Path, data: bytes) -> None:
+    def append(self, data: bytes) -> None:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
             _fsync_dir(self._folder)  # the journal's own name must survive a crash
-        name = str(rel).encode()
-        crc = zlib.crc32(data, zlib.crc32(name))
-        _write_all(self._fd, _RECORD.pack(_MAGIC, len(name), len(data), crc) + name)
+        _write_all(self._fd, _RECORD.pack(_MAGIC, len(data), zlib.crc32(data)))
         _write_all(self._fd, data)
         os.fdatasync(self._fd)
-        self.paths.append(rel)
+        self.n_records += 1
+
+    def done(self, placed: Path | None = None, *, failed: bool = False) -> None:
+        with self.cond:
+            if placed is not None:
+                self.paths.append(placed)
+            self.failed = self.failed or failed
+            self.inflight -= 1
+            self.cond.notify_all()
 
     def close(self) -> None:
         self.closed = True
@@ -335,32 +443,47 @@ class _Journal:
             self._fd = None
 
 
-def _read_journal(path: Path) -> Iterator[tuple[str, bytes, int]]:
-    """The complete, intact records of a journal; stops at a torn or corrupt tail."""
+def _read_journal(path: Path) -> Iterator[tuple[bytes, int]]:
+    """The complete, intact records (bytes, CRC32) of a journal; stops at a torn tail."""
     with open(path, "rb") as f:
         while True:
             head = f.read(_RECORD.size)
             if len(head) < _RECORD.size:
                 return
-            magic, n_name, n_data, crc = _RECORD.unpack(head)
-            if magic != _MAGIC or n_name > 4096:
+            magic, n_data, crc = _RECORD.unpack(head)
+            if magic != _MAGIC:
                 return
-            name = f.read(n_name)
             data = f.read(n_data)
-            if len(name) < n_name or len(data) < n_data:
+            if len(data) < n_data or zlib.crc32(data) != crc:
                 return
-            if zlib.crc32(data, zlib.crc32(name)) != crc:
-                return
-            yield name.decode(), data, crc
+            yield data, crc
 
 
-def _fingerprint(path: Path, rel: str) -> tuple[int, int] | None:
-    """(length, CRC32 of journal path + bytes) of a spooled file, as its journal record has it."""
+def _fingerprint(path: Path) -> tuple[int, int] | None:
+    """(length, CRC32) of a spooled file, as a journal record has them."""
     try:
         data = path.read_bytes()
     except OSError:
         return None
-    return len(data), zlib.crc32(data, zlib.crc32(rel.encode()))
+    return len(data), zlib.crc32(data)
+
+
+def _write_file(path: Path, data: bytes, *, sync: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        _write_all(fd, data)
+        if sync:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -59,6 +59,13 @@ def spool_of(node: NodeProcess) -> Spool:
     return Spool(node.spool)
 
 
+def placed(path: Path) -> Path:
+    """An acknowledged instance's file: durable in the node's journal at Success, and written
+    to its place in studies/ by the node's placer thread a few milliseconds later."""
+    wait_for(path.is_file, timeout_s=10, interval_s=0.01)
+    return path
+
+
 def output(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout + done.stderr
 
@@ -129,7 +136,7 @@ def test_mr_series_is_spooled_byte_exact(node, tmp_path):
     sp = spool_of(node)
     for p in paths:
         ds = pydicom.dcmread(p)
-        got = sp.instance_path(study, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        got = placed(sp.instance_path(study, ds.SeriesInstanceUID, ds.SOPInstanceUID))
         assert dataset_bytes(got) == dataset_bytes(p)
 
 
@@ -139,7 +146,7 @@ def test_duplicates_are_stored_once(node, tmp_path):
     for _ in range(2):
         done = run_storescu(node.port, paths)
         assert store_statuses(output(done)) == ["Success"] * 3
-    assert len(list(spool_of(node).study_dir(study).rglob("*.dcm"))) == 3
+    wait_for(lambda: len(list(spool_of(node).study_dir(study).rglob("*.dcm"))) == 3, timeout_s=10)
 
 
 def test_corrupt_and_truncated_instances_are_refused_and_not_kept(node, tmp_path):
@@ -224,7 +231,7 @@ def test_concurrent_associations_lose_nothing(node, tmp_path):
         t.join(300)
     for i, done in results.items():
         assert store_statuses(output(done)) == ["Success"] * 25, (i, output(done)[-2000:])
-    assert len(list(spool_of(node).study_dir(study).rglob("*.dcm"))) == 100
+    wait_for(lambda: len(list(spool_of(node).study_dir(study).rglob("*.dcm"))) == 100, timeout_s=10)
     assert len([j for j in node.jobs() if j.study_uid == study]) == 1
 
 
@@ -286,7 +293,7 @@ def test_every_common_transfer_syntax(node, tmp_path):
             report = scu.send([path], peer, calling_ae="STORESCU")
             assert (report.sent, report.failed) == (1, 0), name
         d = pydicom.dcmread(path)
-        got = sp.instance_path(study, d.SeriesInstanceUID, d.SOPInstanceUID)
+        got = placed(sp.instance_path(study, d.SeriesInstanceUID, d.SOPInstanceUID))
         stored = pydicom.dcmread(got)
         assert stored.file_meta.TransferSyntaxUID == d.file_meta.TransferSyntaxUID, name
         sent = dataset_bytes(path)
@@ -322,7 +329,9 @@ def test_shared_vendor_series_are_spooled_byte_exact(node, datasets):
         assert (report.sent, report.failed) == (len(files), 0), folder
         for p in files:
             d = pydicom.dcmread(p, stop_before_pixels=True)
-            got = sp.instance_path(d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID)
+            got = placed(
+                sp.instance_path(d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID)
+            )
             assert dataset_bytes(got) == dataset_bytes(p), p
         # DCMTK re-encodes what it sends; the same instances again are duplicates: Success.
         done = run_storescu(node.port, files, extra=("-R", "-nh"))
@@ -337,7 +346,7 @@ def test_shared_vendor_series_are_spooled_byte_exact(node, datasets):
         got.unlink(missing_ok=True)
         report = scu.send([p], peer, calling_ae="STORESCU")
         assert report.sent == 1, p.name
-        assert dataset_bytes(got) == dataset_bytes(p), p.name
+        assert dataset_bytes(placed(got)) == dataset_bytes(p), p.name
         stored = pydicom.dcmread(got)
         assert stored.file_meta.TransferSyntaxUID == d.file_meta.TransferSyntaxUID
         assert stored.pixel_array.shape == (10, 64, 64)

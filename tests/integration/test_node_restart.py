@@ -76,7 +76,7 @@ def test_restart_during_reception_loses_no_acknowledged_instance(tmp_path):
 
         done = run_storescu(node.port, paths)  # the sender retries the whole series
         assert store_statuses(done.stdout + done.stderr) == ["Success"] * 500
-        assert len(spooled(node.spool)) == 500
+        wait_for(lambda: len(spooled(node.spool)) == 500, 10, interval_s=0.01)
         jobs = [j for j in node.jobs() if j.study_uid == study]
         assert len(jobs) == 1 and jobs[0].state.value == "waiting"
     finally:

@@ -256,7 +256,9 @@ def test_gamma_changes_contrast_keeps_moments_and_background():
 
     rng = np.random.default_rng(0)
     x = torch.zeros(1, 2, 12, 12, 12)
-    x[:, :, 2:10, 2:10, 2:10] = torch.from_numpy(rng.normal(0, 1, (1, 2, 8, 8, 8)).astype(np.float32))
+    x[:, :, 2:10, 2:10, 2:10] = torch.from_numpy(
+        rng.normal(0, 1, (1, 2, 8, 8, 8)).astype(np.float32)
+    )
     y = _gamma(x, np.random.default_rng(5), gamma_range=(1.5, 1.5))
     inside = x[0, 0, 2:10, 2:10, 2:10]
     out = y[0, 0, 2:10, 2:10, 2:10]

@@ -34,7 +34,9 @@ def test_store_response_matches_pynetdicom(sop_class, sop_uid, status):
 
 
 @pytest.mark.parametrize(("sop_class", "sop_uid"), UIDS)
-@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.4.90"])
+@pytest.mark.parametrize(
+    "ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.4.90"]
+)
 def test_file_meta_matches_pynetdicom(sop_class, sop_uid, ts):
     meta = create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_uid, transfer_syntax=ts)
     expected = b"\x00" * 128 + b"DICM" + encode_file_meta(meta)

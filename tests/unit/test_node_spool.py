@@ -85,69 +85,89 @@ def _journal_spool(tmp_path):
     return Spool(tmp_path / "spool", journal=True)
 
 
+def _instance(tmp_path, sop: str, fill: int, series: str = "1.2.3") -> bytes:
+    """A small, valid MR instance as the node receives it (the journal's recovery parses it)."""
+    import io
+
+    from tests.node_support import make_instance
+
+    p = tmp_path / f"src-{sop}-{fill}.dcm"
+    make_instance(p, study_uid="1.2", series_uid=series, sop_uid=sop, rows=16, instance_number=fill)
+    return p.read_bytes()
+
+
+def _locate(data):
+    from dicom_node.scp import locate
+
+    return locate(data)
+
+
 def test_journal_mode_stores_and_checkpoint_removes_the_journal(tmp_path):
     spool = _journal_spool(tmp_path)
     stored = [spool.store("1.2", "1.2.3", f"1.2.3.{i}", bytes([i]) * 1000) for i in range(5)]
     assert all(s.created for s in stored)
-    assert [s.path.read_bytes() for s in stored] == [bytes([i]) * 1000 for i in range(5)]
     journals = list(spool.journal_dir.glob("*.wal"))
     assert len(journals) == 1 and journals[0].stat().st_size > 5000
+    # the same instance again while its file may still be on its way: a duplicate
+    assert not spool.store("1.2", "1.2.3", "1.2.3.0", b"later copy").created
     assert spool.checkpoint() == 5
+    assert [s.path.read_bytes() for s in stored] == [bytes([i]) * 1000 for i in range(5)]
+    assert list(spool.tmp.iterdir()) == []
     assert list(spool.journal_dir.iterdir()) == []
     # the next instance opens a new journal
     spool.store("1.2", "1.2.3", "1.2.3.9", b"x" * 10)
     assert len(list(spool.journal_dir.glob("*.wal"))) == 1
 
 
+def test_begin_then_abort_leaves_no_file(tmp_path):
+    spool = _journal_spool(tmp_path)
+    pending = spool.begin(b"refused" * 10)
+    spool.abort(pending)
+    assert list(spool.tmp.iterdir()) == [] and not any(spool.studies.iterdir())
+
+
 def test_recover_rewrites_lost_and_torn_files_from_the_journal(tmp_path):
     spool = _journal_spool(tmp_path)
-    a = spool.store("1.2", "1.2.3", "1.2.3.1", b"A" * 4000).path
-    b = spool.store("1.2", "1.2.3", "1.2.3.2", b"B" * 4000).path
-    c = spool.store("1.2", "1.2.3", "1.2.3.3", b"C" * 4000).path
+    data = {
+        sop: _instance(tmp_path, sop, i) for i, sop in enumerate(["1.2.3.1", "1.2.3.2", "1.2.3.3"])
+    }
+    paths = {sop: spool.store("1.2", "1.2.3", sop, d).path for sop, d in data.items()}
+    spool.drain()
     # a power cut before the checkpoint: one file never reached the disk, one is torn
-    a.unlink()
-    b.write_bytes(b"B" * 100)
+    paths["1.2.3.1"].unlink()
+    paths["1.2.3.2"].write_bytes(data["1.2.3.2"][:300])
     restarted = _journal_spool(tmp_path)
-    assert restarted.recover() == 2
-    assert a.read_bytes() == b"A" * 4000 and b.read_bytes() == b"B" * 4000
-    assert c.read_bytes() == b"C" * 4000
+    assert restarted.recover(_locate) == 2
+    assert all(paths[sop].read_bytes() == d for sop, d in data.items())
     assert list(restarted.journal_dir.iterdir()) == []
 
 
-def test_recover_ignores_a_torn_last_record(tmp_path):
+def test_recover_skips_refused_instances_and_a_torn_last_record(tmp_path):
     spool = _journal_spool(tmp_path)
-    a = spool.store("1.2", "1.2.3", "1.2.3.1", b"A" * 4000).path
-    b = spool.store("1.2", "1.2.3", "1.2.3.2", b"B" * 4000).path
+    a = _instance(tmp_path, "1.2.3.1", 1)
+    spool.abort(spool.begin(b"not DICOM at all"))  # refused on receipt, but journalled
+    pa = spool.store("1.2", "1.2.3", "1.2.3.1", a).path
+    pb = spool.store("1.2", "1.2.3", "1.2.3.2", _instance(tmp_path, "1.2.3.2", 2)).path
+    spool.drain()
     journal = next(spool.journal_dir.glob("*.wal"))
-    raw = journal.read_bytes()
-    journal.write_bytes(raw[:-1000])  # the crash hit during the second append: never answered
-    a.unlink()
-    b.unlink()
-    assert _journal_spool(tmp_path).recover() == 1
-    assert a.read_bytes() == b"A" * 4000 and not b.exists()
+    journal.write_bytes(journal.read_bytes()[:-1000])  # the crash hit the last append
+    pa.unlink()
+    pb.unlink()
+    assert _journal_spool(tmp_path).recover(_locate) == 1
+    assert pa.read_bytes() == a and not pb.exists()
+    assert [p.name for p in spool.studies.rglob("*.dcm")] == [pa.name]
 
 
 def test_recover_keeps_the_first_copy_of_a_duplicate(tmp_path):
     spool = _journal_spool(tmp_path)
-    first = spool.store("1.2", "1.2.3", "1.2.3.1", b"first" * 100)
-    second = spool.store("1.2", "1.2.3", "1.2.3.1", b"second" * 100)
+    first_bytes = _instance(tmp_path, "1.2.3.1", 1)
+    first = spool.store("1.2", "1.2.3", "1.2.3.1", first_bytes)
+    spool.checkpoint()  # the first copy is flushed; its journal is gone
+    second = spool.store("1.2", "1.2.3", "1.2.3.1", _instance(tmp_path, "1.2.3.1", 2))
     assert first.created and not second.created
-    assert _journal_spool(tmp_path).recover() == 0
-    assert first.path.read_bytes() == b"first" * 100
-
-
-def test_recover_never_writes_outside_the_spool(tmp_path):
-    import struct
-    import zlib
-
-    spool = _journal_spool(tmp_path)
-    name, data = b"studies/../../escaped.dcm", b"evil"
-    crc = zlib.crc32(data, zlib.crc32(name))
-    (spool.journal_dir / "forged.wal").write_bytes(
-        struct.pack("<4sIQI", b"GSJ1", len(name), len(data), crc) + name + data
-    )
-    assert spool.recover() == 0
-    assert not (tmp_path / "escaped.dcm").exists()
+    spool.drain()
+    assert _journal_spool(tmp_path).recover(_locate) == 0
+    assert first.path.read_bytes() == first_bytes
 
 
 def test_store_while_a_checkpoint_swaps_journals(tmp_path):
@@ -170,3 +190,16 @@ def test_store_while_a_checkpoint_swaps_journals(tmp_path):
     spool.checkpoint()
     assert all(p.read_bytes() == b"%d" % i * 50 for i, p in enumerate(paths))
     assert list(spool.journal_dir.iterdir()) == []
+
+
+def test_recover_places_instances_whose_files_were_never_written(tmp_path):
+    """A crash right after Success: the journal holds the instance, studies/ does not yet."""
+    spool = _journal_spool(tmp_path)
+    data = _instance(tmp_path, "1.2.3.7", 7)
+    spool.abort(spool.begin(b"refused junk"))
+    pending = spool.begin(data)  # journalled and flushed: Success could be answered now
+    final = spool.instance_path("1.2", "1.2.3", "1.2.3.7")
+    assert not final.exists()
+    assert _journal_spool(tmp_path).recover(_locate) == 1
+    assert final.read_bytes() == data
+    assert pending.journal is not None
