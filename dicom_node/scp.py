@@ -346,18 +346,25 @@ class Handlers:
         except SpoolFullError:
             log.error("C-STORE answered Out of Resources: spool below spool.min_free_mb")
             return Status.OUT_OF_RESOURCES
-        # The headers are parsed on another thread while this one writes (and in journal mode
-        # flushes) the bytes: the flush releases the GIL, so the two overlap.
-        parsing = _parser_pool().submit(_parse, data) if PARALLEL_PARSE else _Done(_parse, data)
+        # The headers are parsed on another thread while this one flushes the bytes (the flush
+        # releases the GIL; the writes before it are too short to share).
+        started: list[Any] = []
+
+        def start_parsing() -> None:
+            if PARALLEL_PARSE:
+                started.append(_parser_pool().submit(_parse, data))
+
         try:
-            pending = spool.begin(data)
+            pending = spool.begin(data, while_flushing=start_parsing)
         except OSError as exc:
-            parsing.cancel()
+            for f in started:
+                f.cancel()
             log.error(
                 "C-STORE answered Out of Resources: spool write failed",
                 extra={"error": type(exc).__name__, "errno": exc.errno},
             )
             return Status.OUT_OF_RESOURCES
+        parsing = started[0] if started else _Done(_parse, data)
         try:
             ds, problem = parsing.result()
         except Exception as exc:

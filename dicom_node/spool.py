@@ -47,9 +47,18 @@ from config.errors import TransientError
 
 log = logging.getLogger(__name__)
 
-# A journal record: magic, data length, CRC32 of the data; then the data (the instance file).
-_RECORD = struct.Struct("<4sQI")
-_MAGIC = b"GSJ2"
+# A journal file: a header block (magic, generation, CRC32 of both), then records from
+# _HEADER_BLOCK on: magic, generation, data length, CRC32 of the data; then the data (the
+# instance file). Files are zero-filled to JOURNAL_BYTES when made and reused after a
+# checkpoint under the next generation, so a flush writes data only (no file-size change to
+# commit); records of an older generation left in a reused file are ignored.
+_HEADER = struct.Struct("<4sQI")
+_HEADER_MAGIC = b"GSJH"
+_HEADER_BLOCK = 4096
+_RECORD = struct.Struct("<4sQQI")
+_MAGIC = b"GSJ3"
+JOURNAL_BYTES = 32 * 2**20  # a journal outgrows this (slower appends) until its next checkpoint
+_POOL_MAX = 4  # journal files kept for reuse
 
 
 class SpoolFullError(TransientError):
@@ -94,6 +103,7 @@ class Spool:
         self._dir_lock = threading.Lock()
         self._journals: dict[int, _Journal] = {}  # receiving thread -> its open journal
         self._journals_lock = threading.Lock()
+        self._free: list[tuple[Path, int]] = []  # checkpointed journal files: (path, generation)
         self._placing: set[Path] = set()  # journalled instances whose files are being written
         self._placing_lock = threading.Lock()
         self._placer: threading.Thread | None = None
@@ -165,12 +175,14 @@ class Spool:
         self.check_space(len(data))
         return self.commit(self.begin(data), study_uid, series_uid, sop_uid)
 
-    def begin(self, data: bytes) -> Pending:
+    def begin(self, data: bytes, while_flushing: Callable[[], None] | None = None) -> Pending:
         """First half of a store, before the instance's UIDs are known (the node parses meanwhile).
 
         Journal mode: appends ``data`` to this thread's journal and flushes it; from here on the
         instance survives a crash (a restart's :meth:`recover` puts it in place). Otherwise:
-        writes ``data`` to a file in tmp/ (fsynced). Follow with :meth:`commit` or :meth:`abort`.
+        writes ``data`` to a file in tmp/ (fsynced). ``while_flushing`` is called once the bytes
+        are written, just before the flush (which releases the GIL): work that overlaps it
+        best starts there. Follow with :meth:`commit` or :meth:`abort`.
         """
         if self.journal:
             while True:
@@ -178,13 +190,13 @@ class Spool:
                 with journal.cond:
                     if journal.closed:  # swapped out by a checkpoint meanwhile: take a new one
                         continue
-                    journal.append(data)
+                    journal.append(data, while_flushing)
                     journal.inflight += 1
                     break
             return Pending(None, len(data), journal, data)
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
         try:
-            _write_file(tmp, data, sync=self.fsync)
+            _write_file(tmp, data, sync=self.fsync, while_flushing=while_flushing)
         except OSError:
             tmp.unlink(missing_ok=True)
             raise
@@ -237,8 +249,37 @@ class Spool:
         with self._journals_lock:
             journal = self._journals.get(me)
             if journal is None:
-                journal = self._journals[me] = _Journal(self.journal_dir)
+                reuse = self._free.pop() if self._free else None
+                journal = self._journals[me] = _Journal(self.journal_dir, reuse)
         return journal
+
+    def prepare_journal(self) -> None:
+        """Make a zero-filled journal file ahead of the first instance (node start, background)."""
+        if not self.journal:
+            return
+        j = _Journal(self.journal_dir, None)
+        j.open()
+        j.close()
+        with self._journals_lock:
+            if len(self._free) < _POOL_MAX:
+                self._free.append((j.path, j.generation))
+                return
+        j.path.unlink(missing_ok=True)
+
+    def _retire(self, j: _Journal) -> None:
+        """A checkpointed journal: empty it (next generation's header) for reuse, or delete it."""
+        with self._journals_lock:
+            keep = len(self._free) < _POOL_MAX and j.reusable()
+        if keep:
+            try:
+                _write_header(j.path, j.generation + 1)
+            except OSError:
+                keep = False
+        if keep:
+            with self._journals_lock:
+                self._free.append((j.path, j.generation + 1))
+        else:
+            j.path.unlink(missing_ok=True)
 
     def _place_queue(self) -> queue.Queue[tuple[Path, bytes, _Journal]]:
         with self._placing_lock:
@@ -304,7 +345,7 @@ class Spool:
                 if d.is_dir():
                     _fsync_dir(d)
             if settled and not j.failed:
-                j.path.unlink(missing_ok=True)
+                self._retire(j)
             else:
                 log.error(
                     "journal kept for recovery at the next start", extra={"journal": j.path.name}
@@ -405,11 +446,14 @@ class Pending:
 
 
 class _Journal:
-    """One receiving thread's append-only write-ahead journal."""
+    """One receiving thread's write-ahead journal: a reused, zero-filled file (see _HEADER)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, reuse: tuple[Path, int] | None) -> None:
         self.thread = threading.get_ident()
-        self.path = folder / f"{uuid.uuid4().hex}.wal"
+        if reuse is None:
+            self.path, self.generation, self._fresh = folder / f"{uuid.uuid4().hex}.wal", 1, True
+        else:  # a retired journal whose header already names this (empty) generation
+            self.path, self.generation, self._fresh = reuse[0], reuse[1], False
         self.cond = threading.Condition()
         self.paths: list[Path] = []  # instance files written under this journal's cover
         self.n_records = 0
@@ -417,14 +461,32 @@ class _Journal:
         self.closed = False
         self.failed = False
         self._fd: int | None = None
+        self._offset = _HEADER_BLOCK
         self._folder = folder
 
-    def append(self, data: bytes) -> None:
+    def open(self) -> None:
+        """Take over a retired file, or create one: zero-filled, with its header, durable."""
+        if not self._fresh:
+            self._fd = os.open(self.path, os.O_RDWR)
+            return
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+        zeros = bytes(2**20)
+        for _ in range(JOURNAL_BYTES // len(zeros)):
+            _write_all(self._fd, zeros)
+        os.pwrite(self._fd, _header(self.generation), 0)
+        os.fsync(self._fd)
+        _fsync_dir(self._folder)  # the journal's own name must survive a crash
+
+    def append(self, data: bytes, while_flushing: Callable[[], None] | None = None) -> None:
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
-            _fsync_dir(self._folder)  # the journal's own name must survive a crash
-        _write_all(self._fd, _RECORD.pack(_MAGIC, len(data), zlib.crc32(data)))
-        _write_all(self._fd, data)
+            self.open()
+        assert self._fd is not None
+        head = _RECORD.pack(_MAGIC, self.generation, len(data), zlib.crc32(data))
+        _pwrite_all(self._fd, head, self._offset)
+        _pwrite_all(self._fd, data, self._offset + len(head))
+        self._offset += len(head) + len(data)
+        if while_flushing is not None:
+            while_flushing()
         os.fdatasync(self._fd)
         self.n_records += 1
 
@@ -436,6 +498,13 @@ class _Journal:
             self.inflight -= 1
             self.cond.notify_all()
 
+    def reusable(self) -> bool:
+        """Still its zero-filled size (not grown past it): worth keeping for the next journal."""
+        try:
+            return self.path.stat().st_size == JOURNAL_BYTES
+        except OSError:
+            return False
+
     def close(self) -> None:
         self.closed = True
         if self._fd is not None:
@@ -443,15 +512,36 @@ class _Journal:
             self._fd = None
 
 
+def _header(generation: int) -> bytes:
+    head = _HEADER.pack(_HEADER_MAGIC, generation, 0)
+    return _HEADER.pack(_HEADER_MAGIC, generation, zlib.crc32(head[:-4]))
+
+
+def _write_header(path: Path, generation: int) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, _header(generation), 0)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 def _read_journal(path: Path) -> Iterator[tuple[bytes, int]]:
-    """The complete, intact records (bytes, CRC32) of a journal; stops at a torn tail."""
+    """The intact records (bytes, CRC32) of a journal's current generation, in order."""
     with open(path, "rb") as f:
+        head = f.read(_HEADER.size)
+        if len(head) < _HEADER.size:
+            return
+        magic, generation, crc = _HEADER.unpack(head)
+        if magic != _HEADER_MAGIC or zlib.crc32(head[:-4]) != crc:
+            return  # torn while being reused: everything before it was checkpointed
+        f.seek(_HEADER_BLOCK)
         while True:
-            head = f.read(_RECORD.size)
-            if len(head) < _RECORD.size:
+            rec = f.read(_RECORD.size)
+            if len(rec) < _RECORD.size:
                 return
-            magic, n_data, crc = _RECORD.unpack(head)
-            if magic != _MAGIC:
+            magic, gen, n_data, crc = _RECORD.unpack(rec)
+            if magic != _MAGIC or gen != generation:
                 return
             data = f.read(n_data)
             if len(data) < n_data or zlib.crc32(data) != crc:
@@ -468,10 +558,14 @@ def _fingerprint(path: Path) -> tuple[int, int] | None:
     return len(data), zlib.crc32(data)
 
 
-def _write_file(path: Path, data: bytes, *, sync: bool) -> None:
+def _write_file(
+    path: Path, data: bytes, *, sync: bool, while_flushing: Callable[[], None] | None = None
+) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         _write_all(fd, data)
+        if while_flushing is not None:
+            while_flushing()
         if sync:
             os.fdatasync(fd)
     finally:
@@ -484,6 +578,14 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
 
 
 def _write_all(fd: int, data: bytes) -> None:

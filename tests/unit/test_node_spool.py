@@ -96,6 +96,13 @@ def _instance(tmp_path, sop: str, fill: int, series: str = "1.2.3") -> bytes:
     return p.read_bytes()
 
 
+def _pending_records(spool) -> int:
+    """Records of the current generation in every journal file (what a restart would replay)."""
+    from dicom_node.spool import _read_journal
+
+    return sum(len(list(_read_journal(p))) for p in spool.journal_dir.glob("*.wal"))
+
+
 def _locate(data):
     from dicom_node.scp import locate
 
@@ -107,16 +114,16 @@ def test_journal_mode_stores_and_checkpoint_removes_the_journal(tmp_path):
     stored = [spool.store("1.2", "1.2.3", f"1.2.3.{i}", bytes([i]) * 1000) for i in range(5)]
     assert all(s.created for s in stored)
     journals = list(spool.journal_dir.glob("*.wal"))
-    assert len(journals) == 1 and journals[0].stat().st_size > 5000
+    assert len(journals) == 1 and _pending_records(spool) == 5
     # the same instance again while its file may still be on its way: a duplicate
     assert not spool.store("1.2", "1.2.3", "1.2.3.0", b"later copy").created
     assert spool.checkpoint() == 5
     assert [s.path.read_bytes() for s in stored] == [bytes([i]) * 1000 for i in range(5)]
     assert list(spool.tmp.iterdir()) == []
-    assert list(spool.journal_dir.iterdir()) == []
-    # the next instance opens a new journal
+    assert _pending_records(spool) == 0  # kept, emptied, for the next journal
+    # the next instance reuses that file under its next generation
     spool.store("1.2", "1.2.3", "1.2.3.9", b"x" * 10)
-    assert len(list(spool.journal_dir.glob("*.wal"))) == 1
+    assert list(spool.journal_dir.glob("*.wal")) == journals and _pending_records(spool) == 1
 
 
 def test_begin_then_abort_leaves_no_file(tmp_path):
@@ -139,7 +146,7 @@ def test_recover_rewrites_lost_and_torn_files_from_the_journal(tmp_path):
     restarted = _journal_spool(tmp_path)
     assert restarted.recover(_locate) == 2
     assert all(paths[sop].read_bytes() == d for sop, d in data.items())
-    assert list(restarted.journal_dir.iterdir()) == []
+    assert list(restarted.journal_dir.iterdir()) == []  # replayed journals are deleted
 
 
 def test_recover_skips_refused_instances_and_a_torn_last_record(tmp_path):
@@ -150,7 +157,9 @@ def test_recover_skips_refused_instances_and_a_torn_last_record(tmp_path):
     pb = spool.store("1.2", "1.2.3", "1.2.3.2", _instance(tmp_path, "1.2.3.2", 2)).path
     spool.drain()
     journal = next(spool.journal_dir.glob("*.wal"))
-    journal.write_bytes(journal.read_bytes()[:-1000])  # the crash hit the last append
+    with open(journal, "r+b") as f:  # the crash hit the last append: its bytes never landed
+        f.seek(4096 + 28 + len(a) + 28 + 100)
+        f.write(bytes(500))
     pa.unlink()
     pb.unlink()
     assert _journal_spool(tmp_path).recover(_locate) == 1
@@ -189,7 +198,7 @@ def test_store_while_a_checkpoint_swaps_journals(tmp_path):
         t.join()
     spool.checkpoint()
     assert all(p.read_bytes() == b"%d" % i * 50 for i, p in enumerate(paths))
-    assert list(spool.journal_dir.iterdir()) == []
+    assert _pending_records(spool) == 0
 
 
 def test_recover_places_instances_whose_files_were_never_written(tmp_path):
@@ -203,3 +212,31 @@ def test_recover_places_instances_whose_files_were_never_written(tmp_path):
     assert _journal_spool(tmp_path).recover(_locate) == 1
     assert final.read_bytes() == data
     assert pending.journal is not None
+
+
+def test_a_reused_journal_never_replays_its_older_generation(tmp_path):
+    spool = _journal_spool(tmp_path)
+    old = spool.store("1.2", "1.2.3", "1.2.3.1", _instance(tmp_path, "1.2.3.1", 1)).path
+    spool.checkpoint()  # generation 1 retired; the file now heads generation 2
+    new_bytes = _instance(tmp_path, "1.2.3.2", 2)
+    new = spool.store("1.2", "1.2.3", "1.2.3.2", new_bytes).path
+    spool.drain()
+    old.unlink()  # gone for another reason (e.g. the study was deleted): not the journal's business
+    new.unlink()  # a power cut before the checkpoint
+    assert _journal_spool(tmp_path).recover(_locate) == 1
+    assert new.read_bytes() == new_bytes and not old.exists()
+
+
+def test_a_journal_outgrowing_its_size_still_recovers(tmp_path, monkeypatch):
+    import dicom_node.spool as spool_module
+
+    monkeypatch.setattr(spool_module, "JOURNAL_BYTES", 2**20)  # 1 MB: three instances overflow it
+    spool = _journal_spool(tmp_path)
+    data = [_instance(tmp_path, f"1.2.3.{i}", i) + bytes(400_000) for i in range(3)]
+    # (padding after the pixel data: still a valid instance for the receipt checks)
+    paths = [spool.store("1.2", "1.2.3", f"1.2.3.{i}", d).path for i, d in enumerate(data)]
+    spool.drain()
+    for p in paths:
+        p.unlink()
+    assert _journal_spool(tmp_path).recover(_locate) == 3
+    assert [p.read_bytes() for p in paths] == data
