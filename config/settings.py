@@ -72,8 +72,9 @@ class DicomSettings(_Section):
 class SpoolSettings(_Section):
     root: Path = Path("./spool")
     min_free_mb: int = Field(500, ge=0)  # below this, C-STORE answers Out of Resources
-    # fsync each instance (and its folder) before answering Success. Only turn off on storage
-    # with a battery-backed write cache: a power cut could then lose acknowledged instances.
+    # Flush each instance (to the node's journal; uploads: the file and its folder) before
+    # answering Success. Only turn off on storage with a battery-backed write cache: a power
+    # cut could then lose acknowledged instances.
     fsync: bool = True
 
 
