@@ -72,10 +72,14 @@ class StudyFacts:
 
 
 class RoutingRules(Protocol):
-    calling_aets: list[str]
-    modalities: list[str]
-    body_part_regex: str
-    study_description_regex: str
+    @property
+    def calling_aets(self) -> list[str]: ...
+    @property
+    def modalities(self) -> list[str]: ...
+    @property
+    def body_part_regex(self) -> str: ...
+    @property
+    def study_description_regex(self) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import (
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -478,6 +479,7 @@ def _parse(data: bytes) -> tuple[Dataset, str | None]:
     by pydicom's ``read_dataset`` (a third of ``dcmread``'s time on a small header).
     """
     meta = _file_meta(data)
+    ds: Dataset
     if meta is None or meta[0] == DeflatedExplicitVRLittleEndian:
         fp = io.BytesIO(data)
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -492,7 +494,7 @@ def _parse(data: bytes) -> tuple[Dataset, str | None]:
             stop_when=_at_pixel_data,
         )
         ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ts
+        ds.file_meta.TransferSyntaxUID = UID(ts)
         ds.set_original_encoding(ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian)
     problem = _check_headers(ds)
     if problem:

@@ -334,7 +334,7 @@ class Spool:
         for j in swapped:
             with j.cond:
                 j.close()
-                settled = j.cond.wait_for(lambda j=j: j.inflight == 0, timeout_s)
+                settled = j.cond.wait_for(j.settled, timeout_s)
             for path in j.paths:
                 try:
                     _fsync_file(path)
@@ -497,6 +497,9 @@ class _Journal:
             self.failed = self.failed or failed
             self.inflight -= 1
             self.cond.notify_all()
+
+    def settled(self) -> bool:
+        return self.inflight == 0
 
     def reusable(self) -> bool:
         """Still its zero-filled size (not grown past it): worth keeping for the next journal."""

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -167,6 +168,7 @@ def evaluate(ctx: click.Context, data_dir: Path, bundle_path: Path | None, json_
             click.echo(f"warning: {files.case_id}: no label file, skipped", err=True)
             continue
         case = load_case(files)
+        assert case.labels is not None  # files.seg was checked above
         t0 = time.monotonic()
         pred = predict_case(bundle, case.images, case.spacing_mm, tta=use_tta)
         seconds = time.monotonic() - t0
@@ -175,7 +177,7 @@ def evaluate(ctx: click.Context, data_dir: Path, bundle_path: Path | None, json_
         d = m["dice"]
         click.echo(f"{files.case_id}: Dice WT {d['WT']:.3f} TC {d['TC']:.3f} ET {d['ET']:.3f} "
                    f"HD95 WT {m['hd95']['WT']:.1f} mm ({seconds:.1f} s)")  # fmt: skip
-    report = {
+    report: dict[str, Any] = {
         "bundle": {"name": bundle.name, "version": bundle.version, "path": str(bundle.path)},
         "settings": {"tta": use_tta, "device": str(bundle.device)},
         "mean": mean_metrics(results),

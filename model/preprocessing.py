@@ -76,7 +76,7 @@ def resample(
     Returns the same kind (numpy or torch) as given.
     """
     is_np = isinstance(array, np.ndarray)
-    t = torch.from_numpy(np.ascontiguousarray(array)) if is_np else array
+    t: torch.Tensor = torch.from_numpy(np.ascontiguousarray(array)) if is_np else array  # type: ignore[assignment]
     squeeze = t.ndim == 3
     if squeeze:
         t = t[None]

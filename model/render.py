@@ -17,7 +17,7 @@ COLOURS = {
 
 def labels_to_native(labels_ras: np.ndarray, reference: Path) -> nib.Nifti1Image:
     """Labels in RAS closest-canonical order -> a NIfTI on ``reference``'s own voxel grid and affine."""
-    ref = nib.load(str(reference))
+    ref: nib.Nifti1Image = nib.load(str(reference))  # type: ignore[assignment]
     canonical = nib.as_closest_canonical(ref)
     if labels_ras.shape != canonical.shape[:3]:
         raise ValueError(

@@ -39,7 +39,11 @@ def sample_patch(
     regions = pad_to(regions, patch)
     shape = image.shape[1:]
     use_tumour = tumour_voxels is not None and len(tumour_voxels) > 0 and rng.random() < tumour_prob
-    centre = tumour_voxels[rng.integers(len(tumour_voxels))] if use_tumour else None
+    centre = (
+        tumour_voxels[rng.integers(len(tumour_voxels))]
+        if use_tumour and tumour_voxels is not None
+        else None
+    )
     starts = []
     for a in range(3):
         hi = shape[a] - patch[a]
@@ -108,14 +112,14 @@ def augment(
         image = _gamma(image, rng)
     if rng.random() < p_intensity:
         c = image.shape[1]
-        scale = torch.tensor(
+        gain = torch.tensor(
             rng.uniform(0.9, 1.1, (b, c, 1, 1, 1)), dtype=image.dtype, device=image.device
         )
         shift = torch.tensor(
             rng.uniform(-0.1, 0.1, (b, c, 1, 1, 1)), dtype=image.dtype, device=image.device
         )
         brain = (image != 0).any(dim=1, keepdim=True)
-        image = torch.where(brain, image * scale + shift, image)
+        image = torch.where(brain, image * gain + shift, image)
     return image.contiguous(), regions.contiguous()
 
 

@@ -59,9 +59,9 @@ def sliding_window_probs(
         pads += [extra // 2, extra - extra // 2]
     x = F.pad(image, pads) if any(pads) else image
     weights = gaussian_weights(patch).to(stitch)
-    acc = None
+    acc: torch.Tensor | None = None
     norm = torch.zeros(padded, dtype=torch.float32, device=stitch)
-    flips = [()]
+    flips: list[tuple[int, ...]] = [()]
     if mirror:
         flips = [f for r in range(4) for f in itertools.combinations((2, 3, 4), r)]
     starts = [window_starts(padded[a], patch[a], overlap) for a in range(3)]
@@ -70,7 +70,7 @@ def sliding_window_probs(
         window = x[(slice(None), *sl)][None].to(device, non_blocking=True)
         if device.type == "cpu":
             window = window.contiguous(memory_format=torch.channels_last_3d)  # faster mkldnn path
-        pred = None
+        pred: torch.Tensor | None = None
         for f in flips:
             inp = window.flip(f) if f else window
             with torch.autocast(
@@ -79,11 +79,13 @@ def sliding_window_probs(
                 out = torch.sigmoid(net(inp).float())
             out = out.flip(f) if f else out
             pred = out if pred is None else pred + out
+        assert pred is not None
         pred = (pred / len(flips))[0].to(stitch)
         if acc is None:
             acc = torch.zeros((pred.shape[0], *padded), dtype=torch.float32, device=stitch)
         acc[(slice(None), *sl)] += pred * weights
         norm[sl] += weights
+    assert acc is not None, "no window was run"
     probs = acc / norm
     crop = tuple(slice(pads[2 * (2 - a)], pads[2 * (2 - a)] + shape[a]) for a in range(3))
     return probs[(slice(None), *crop)].cpu()

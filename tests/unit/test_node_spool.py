@@ -87,7 +87,6 @@ def _journal_spool(tmp_path):
 
 def _instance(tmp_path, sop: str, fill: int, series: str = "1.2.3") -> bytes:
     """A small, valid MR instance as the node receives it (the journal's recovery parses it)."""
-    import io
 
     from tests.node_support import make_instance
 
