@@ -120,3 +120,22 @@ def test_evaluate_case_regions_and_mean():
     assert set(mean) == {"dice", "hd95", "sensitivity", "specificity", "volume_ml"}
     for region, labels in itertools.product(("WT",), ((1, 2, 4),)):
         assert mean["volume_ml"][region]["ref"] == pytest.approx(np.isin(ref, labels).sum() / 1000)
+
+
+def test_label_contrast_on_a_hand_made_case():
+    from model.contrast import case_contrast
+
+    shape = (40, 40, 40)
+    brain = np.zeros(shape, np.float32)
+    brain[5:35, 5:35, 5:35] = 100.0
+    labels = np.zeros(shape, np.uint8)
+    labels[18:22, 18:22, 18:22] = 4  # a bright enhancing core
+    labels[16:24, 16:24, 16:24][labels[16:24, 16:24, 16:24] == 0] = 2
+    t1c = brain.copy()
+    t1c[labels == 4] = 300.0
+    r = case_contrast({"T1c": t1c, "FLAIR": brain.copy()}, labels)
+    assert r["volume_ml"] == {"ET": 0.1, "NCR": 0.0, "ED": 0.4}
+    z = r["z"]["T1c"]
+    assert z["ET"] > 5 and abs(z["shell"] - z["ED"]) < 1e-6 and z["NCR"] is None
+    assert z["ET"] - z["shell"] > 5
+    assert r["z"]["FLAIR"]["ET"] == r["z"]["FLAIR"]["shell"] == 0.0  # flat: nothing stands out
