@@ -59,6 +59,7 @@ _RECORD = struct.Struct("<4sQQI")
 _MAGIC = b"GSJ3"
 JOURNAL_BYTES = 32 * 2**20  # a journal outgrows this (slower appends) until its next checkpoint
 _POOL_MAX = 4  # journal files kept for reuse
+PLACER_BUDGET_BYTES = 256 * 2**20  # received bytes held in memory until the placer writes them
 
 
 class SpoolFullError(TransientError):
@@ -107,8 +108,11 @@ class Spool:
         self._placing: set[Path] = set()  # journalled instances whose files are being written
         self._placing_lock = threading.Lock()
         self._placer: threading.Thread | None = None
-        # Bounded: when the disk falls behind, receiving waits rather than filling memory.
-        self._queue: queue.Queue[tuple[Path, bytes, _Journal]] = queue.Queue(maxsize=256)
+        self._queue: queue.Queue[tuple[Path, bytes, _Journal]] = queue.Queue()
+        # Bytes waiting for the placer: when the disk falls behind, receiving waits rather than
+        # filling memory (one instance larger than the budget still goes through alone).
+        self._queued_bytes = 0
+        self._queued_cond = threading.Condition()
 
     # -- paths ----------------------------------------------------------------------------------
     def study_dir(self, study_uid: str) -> Path:
@@ -218,7 +222,16 @@ class Spool:
             if duplicate:
                 journal.done()
                 return Stored(final, False, pending.n_bytes)
-            self._place_queue().put((final, pending.data, journal))
+            placing = self._place_queue()
+            with self._queued_cond:
+                self._queued_cond.wait_for(
+                    lambda: (
+                        self._queued_bytes == 0
+                        or self._queued_bytes + pending.n_bytes <= PLACER_BUDGET_BYTES
+                    )
+                )
+                self._queued_bytes += pending.n_bytes
+            placing.put((final, pending.data, journal))
             return Stored(final, True, pending.n_bytes)
         assert pending.tmp is not None
         self._ensure_dir(final.parent)
@@ -309,6 +322,9 @@ class Spool:
             with self._placing_lock:
                 self._placing.discard(final)
             journal.done(final if ok else None, failed=not ok)
+            with self._queued_cond:
+                self._queued_bytes -= len(data)
+                self._queued_cond.notify_all()
             self._queue.task_done()
 
     def drain(self) -> None:

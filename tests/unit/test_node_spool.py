@@ -239,3 +239,41 @@ def test_a_journal_outgrowing_its_size_still_recovers(tmp_path, monkeypatch):
         p.unlink()
     assert _journal_spool(tmp_path).recover(_locate) == 3
     assert [p.read_bytes() for p in paths] == data
+
+
+def test_receiving_waits_when_the_placer_falls_behind(tmp_path, monkeypatch):
+    import threading
+
+    import dicom_node.spool as spool_module
+
+    monkeypatch.setattr(spool_module, "PLACER_BUDGET_BYTES", 2500)
+    spool = _journal_spool(tmp_path)
+    gate = threading.Event()
+    real_write = spool_module._write_file
+
+    def slow_disk(*args, **kwargs):
+        gate.wait(10)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(
+        spool_module, "_write_file", slow_disk
+    )  # a stalled disk (not producible here)
+    done: list[int] = []
+
+    def receive() -> None:
+        for i in range(4):
+            spool.store("1.2", "1.2.3", f"1.2.3.{i}", bytes([i]) * 1000)
+            done.append(i)
+
+    t = threading.Thread(target=receive)
+    t.start()
+    t.join(0.5)
+    assert t.is_alive() and len(done) in (2, 3)  # at most 2.5 kB waits in memory (+1 in the placer)
+    gate.set()
+    t.join(10)
+    assert done == [0, 1, 2, 3]
+    spool.checkpoint()
+    assert all(
+        spool.instance_path("1.2", "1.2.3", f"1.2.3.{i}").read_bytes() == bytes([i]) * 1000
+        for i in range(4)
+    )
