@@ -578,12 +578,39 @@ def _plain(event: Any) -> dict[str, Any]:
     return data
 
 
-def _zip_stream(files: list[Path], base: Path) -> Iterator[bytes]:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+class _Chunks(io.RawIOBase):
+    """An unseekable sink for zipfile: what was written so far, taken in pieces."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.parts.append(bytes(b))
+        return len(b)
+
+    def take(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts.clear()
+        return out
+
+
+def _zip_stream(files: list[Path], base: Path, chunk: int = 2**20) -> Iterator[bytes]:
+    """The zip, streamed as it is made: memory stays about one chunk, whatever the outputs weigh."""
+    sink = _Chunks()
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in files:
-            zf.write(f, f.relative_to(base).as_posix())
-    yield buf.getvalue()
+            info = zipfile.ZipInfo.from_file(f, f.relative_to(base).as_posix())
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(f, "rb") as src, zf.open(info, "w") as dst:
+                while data := src.read(chunk):
+                    dst.write(data)
+                    if sink.parts:
+                        yield sink.take()
+            yield sink.take()
+    yield sink.take()
 
 
 def _safe_next(value: str) -> str:

@@ -313,3 +313,24 @@ def test_configuration_changes_are_audited_at_start(tmp_path):
     assert TOKEN not in str(events) and events[1]["detail"]["settings"]["web.token"] == "********"
     page = client.get("/config", headers=AUTH).text
     assert "dicom.port" in page and "first recorded configuration" in page
+
+
+def test_outputs_zip_is_streamed_in_pieces(tmp_path):
+    import io
+    import zipfile
+
+    from web.app import _zip_stream
+
+    rng = np.random.default_rng(0)
+    files = []
+    for name, n in (("seg.dcm", 3_000_000), ("sr.dcm", 10), ("sc/1.dcm", 2_500_000)):
+        p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(rng.integers(0, 255, n, dtype=np.uint8).tobytes())  # incompressible
+        files.append(p)
+    pieces = list(_zip_stream(files, tmp_path, chunk=2**19))
+    assert max(len(x) for x in pieces) < 2**20  # never the whole archive at once
+    z = zipfile.ZipFile(io.BytesIO(b"".join(pieces)))
+    assert z.testzip() is None
+    assert sorted(z.namelist()) == ["sc/1.dcm", "seg.dcm", "sr.dcm"]
+    assert z.read("sc/1.dcm") == files[2].read_bytes()
