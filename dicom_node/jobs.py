@@ -7,6 +7,7 @@ its own short transaction, so one JobStore is safe to share between threads.
 from __future__ import annotations
 
 import builtins
+import time
 import uuid
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from config.errors import GliomasegError, PermanentError
@@ -183,6 +185,21 @@ def _to_job(row: _JobRow) -> Job:
     )
 
 
+def _create_schema(engine: Any, attempts: int = 5) -> None:
+    """Create the tables if missing. The node, the workers and the web start together on a fresh
+    spool and race to create them: the loser's CREATE fails with "already exists" (SQLite) or a
+    duplicate-key error (PostgreSQL), and a second look finds the tables there."""
+    for attempt in range(attempts):
+        try:
+            _Base.metadata.create_all(engine)
+            return
+        except DBAPIError as exc:
+            text = str(exc.orig).lower()
+            if attempt + 1 == attempts or not ("already exists" in text or "duplicate key" in text):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 class JobStore:
     """Jobs and audit events in a SQL database (created on first use)."""
 
@@ -196,7 +213,7 @@ class JobStore:
         self.engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        _Base.metadata.create_all(self.engine)
+        _create_schema(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -109,3 +110,25 @@ def test_audit_trail(store):
     everything = store.audit_events()
     assert everything[0]["detail"] == {"calling_ae": "A", "calling_ip": "10.1.1.1"}
     assert [e["event"] for e in store.audit_events(event="association")] == ["association"]
+
+
+def test_processes_starting_together_on_a_fresh_database(tmp_path):
+    """`make run` starts the node, the workers and the web at once: all create the schema."""
+    import multiprocessing as mp
+
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    ctx = mp.get_context("fork")
+    start = time.time() + 0.5  # all of them create the schema at the same moment
+    with ctx.Pool(8) as pool:
+        results = pool.starmap(_open_store, [(url, start)] * 8)
+    assert results == [0] * 8
+
+
+def _open_store(url: str, start: float) -> int:
+    from dicom_node.jobs import JobStore
+
+    time.sleep(max(0.0, start - time.time()))
+    store = JobStore(url)
+    n = len(store.list())
+    store.close()
+    return n
