@@ -352,8 +352,7 @@ class Handlers:
         started: list[Any] = []
 
         def start_parsing() -> None:
-            if PARALLEL_PARSE:
-                started.append(_parser_pool().submit(_parse, data))
+            started.append(_parser_pool().submit(_parse, data))
 
         try:
             pending = spool.begin(data, while_flushing=start_parsing)
@@ -365,7 +364,7 @@ class Handlers:
                 extra={"error": type(exc).__name__, "errno": exc.errno},
             )
             return Status.OUT_OF_RESOURCES
-        parsing = started[0] if started else _Done(_parse, data)
+        parsing = started[0] if started else _parser_pool().submit(_parse, data)
         try:
             ds, problem = parsing.result()
         except Exception as exc:
@@ -424,27 +423,6 @@ class Handlers:
             self.receiver.audit(event, detail=detail)
         except Exception:
             log.error("audit write failed", extra={"event": event}, exc_info=True)
-
-
-PARALLEL_PARSE = True
-
-
-class _Done:
-    """A parse run inline, with the Future methods _store uses."""
-
-    def __init__(self, fn: Any, *args: Any) -> None:
-        try:
-            self._value, self._exc = fn(*args), None
-        except Exception as exc:
-            self._value, self._exc = None, exc
-
-    def cancel(self) -> bool:
-        return False
-
-    def result(self) -> Any:
-        if self._exc is not None:
-            raise self._exc
-        return self._value
 
 
 _POOL: ThreadPoolExecutor | None = None
