@@ -398,12 +398,7 @@ class Spool:
             if _fingerprint(final) not in copies[final] and not self._complete(final, locate):
                 self._ensure_dir(final.parent)
                 tmp = self.tmp / f"{uuid.uuid4().hex}.part"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-                try:
-                    _write_all(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _write_file(tmp, data, sync=True)
                 os.replace(tmp, final)
                 rewritten += 1
             else:  # intact, but maybe never flushed
