@@ -218,7 +218,7 @@ def create_app(
         with build_lock:
             try:
                 write_viewer_files(files, seg, cache)
-            except Exception as exc:  # e.g. an enhanced multi-frame reference: no viewer, say why
+            except Exception as exc:  # e.g. a series the conversion rejects: no viewer, say why
                 log.warning(
                     "viewer volume could not be rebuilt from the DICOM outputs",
                     extra={"job_id": job.id, "error": type(exc).__name__},

@@ -2,7 +2,8 @@
 
 Used when the worker left no ``reference.nii.gz`` / ``labels.nii.gz`` in the job's outputs (older
 jobs, or another writer): the web reads the same objects the PACS received, so what the viewer
-shows is what was sent. Enhanced multi-frame references are not handled here.
+shows is what was sent. The reference is read by the worker's own conversion, so single-frame and
+Enhanced multi-frame series are both rebuilt on the grid the SEG was written on.
 """
 
 from __future__ import annotations
@@ -32,43 +33,44 @@ def find_seg(files: Sequence[Path]) -> Path | None:
     return None
 
 
-def series_volume(files: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(image (cols, rows, n) float32, nibabel RAS affine, SOPInstanceUIDs in slice order)."""
-    import pydicom
+def series_volume(
+    files: Sequence[Path],
+) -> tuple[np.ndarray, np.ndarray, list[str], list[int] | None]:
+    """(image (cols, rows, n) float32, nibabel RAS affine, SOPInstanceUID per slice, frames).
 
-    datasets = [pydicom.dcmread(p) for p in files]
-    if not datasets:
+    The series is read by the worker's own conversion (``worker.convert.convert_series``: the same
+    slice order, geometry checks and rescale the SEG was written on), single-frame or Enhanced
+    multi-frame. ``frames`` is the 1-based source frame of each slice for a multi-frame series
+    (its SOPInstanceUID then repeats), None otherwise.
+    """
+    import SimpleITK as sitk
+
+    from worker.convert import convert_series
+
+    if not files:
         raise PermanentError("the reference series has no instances in the spool")
-    iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
-    row_dir, col_dir = iop[:3], iop[3:]
-    normal = np.cross(row_dir, col_dir)
-    datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))
-    pixels = []
-    for d in datasets:
-        arr = d.pixel_array.astype(np.float32)
-        arr = arr * float(d.get("RescaleSlope", 1) or 1) + float(d.get("RescaleIntercept", 0) or 0)
-        pixels.append(arr)
-    stack = np.stack(pixels)  # (n, rows, cols)
-    row_mm, col_mm = (float(x) for x in datasets[0].PixelSpacing)
-    first = np.asarray(datasets[0].ImagePositionPatient, float)
-    if len(datasets) > 1:
-        last = np.asarray(datasets[-1].ImagePositionPatient, float)
-        step = (last - first) / (len(datasets) - 1)
-    else:
-        step = normal * float(datasets[0].get("SliceThickness", 1) or 1)
+    volume = convert_series(list(files))
+    image = volume.image
     lps = np.eye(4)
-    lps[:3, 0] = row_dir * col_mm  # voxel i = column index
-    lps[:3, 1] = col_dir * row_mm  # voxel j = row index
-    lps[:3, 2] = step
-    lps[:3, 3] = first
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    lps[:3, :3] = direction * np.asarray(image.GetSpacing(), float)[None, :]
+    lps[:3, 3] = image.GetOrigin()
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-    return stack.transpose(2, 1, 0), ras, [str(d.SOPInstanceUID) for d in datasets]
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)  # (n, rows, cols)
+    return array.transpose(2, 1, 0), ras, list(volume.sop_uids), volume.frame_numbers
 
 
 def seg_labels(
-    seg_path: Path, sop_uids: Sequence[str], shape_nrc: tuple[int, int, int]
+    seg_path: Path,
+    sop_uids: Sequence[str],
+    shape_nrc: tuple[int, int, int],
+    frame_numbers: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """BraTS labels (n, rows, cols) of the SEG on the given source instances (empty where none)."""
+    """BraTS labels (n, rows, cols) of the SEG on the given source slices (empty where none).
+
+    ``sop_uids[k]`` is the instance slice k lies on; for one multi-frame source ``frame_numbers[k]``
+    is its 1-based frame.
+    """
     import highdicom as hd
 
     seg = hd.seg.segread(seg_path)
@@ -77,23 +79,42 @@ def seg_labels(
         code = str(item.SegmentedPropertyTypeCodeSequence[0].CodeValue)
         if code in PROPERTY_TO_LABEL:
             to_label[int(item.SegmentNumber)] = PROPERTY_TO_LABEL[code]
-    referenced = {uid for _, _, uid in seg.get_source_image_uids()}
-    present = [u for u in sop_uids if u in referenced]
+    numbers = sorted(to_label)
     out = np.zeros(shape_nrc, np.uint8)
-    if not present:
-        return out
-    masks = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=present,
-        segment_numbers=sorted(to_label),
-        combine_segments=False,
-        skip_overlap_checks=True,
-    )  # (n_present, rows, cols, n_segments)
-    index = {u: k for k, u in enumerate(sop_uids)}
-    for i, uid in enumerate(present):
+    referenced = {uid for _, _, uid in seg.get_source_image_uids()}
+    if frame_numbers is not None:
+        if len(set(sop_uids)) != 1 or len(frame_numbers) != len(sop_uids):
+            raise PermanentError(
+                "a multi-frame reference must be one instance with one frame per slice"
+            )
+        if sop_uids[0] not in referenced:
+            return out
+        masks = seg.get_pixels_by_source_frame(
+            source_sop_instance_uid=sop_uids[0],
+            source_frame_numbers=list(frame_numbers),
+            segment_numbers=numbers,
+            combine_segments=False,
+            assert_missing_frames_are_empty=True,
+            skip_overlap_checks=True,
+        )  # (n, rows, cols, n_segments), slice k = frame_numbers[k]
+        slots = list(range(len(frame_numbers)))
+    else:
+        present = [u for u in sop_uids if u in referenced]
+        if not present:
+            return out
+        masks = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=present,
+            segment_numbers=numbers,
+            combine_segments=False,
+            skip_overlap_checks=True,
+        )  # (n_present, rows, cols, n_segments)
+        index = {u: k for k, u in enumerate(sop_uids)}
+        slots = [index[u] for u in present]
+    for i, k in enumerate(slots):
         sl = np.zeros(shape_nrc[1:], np.uint8)
-        for s, number in enumerate(sorted(to_label)):
+        for s, number in enumerate(numbers):
             sl[masks[i, ..., s] > 0] = to_label[number]
-        out[index[uid]] = sl
+        out[k] = sl
     return out
 
 
@@ -103,9 +124,9 @@ def write_viewer_files(reference_files: Sequence[Path], seg_path: Path, dest: Pa
 
     from web.viewer import LABELS_FILE, REFERENCE_FILE
 
-    image, affine, uids = series_volume(reference_files)
+    image, affine, uids, frames = series_volume(reference_files)
     n_rc = (image.shape[2], image.shape[1], image.shape[0])
-    labels = seg_labels(seg_path, uids, n_rc).transpose(2, 1, 0)
+    labels = seg_labels(seg_path, uids, n_rc, frames).transpose(2, 1, 0)
     dest.mkdir(parents=True, exist_ok=True)
     tmp_ref, tmp_lab = dest / f".{REFERENCE_FILE}", dest / f".{LABELS_FILE}"
     nib.save(nib.Nifti1Image(image, affine), tmp_ref)

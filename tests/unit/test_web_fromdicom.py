@@ -114,3 +114,47 @@ def test_the_app_falls_back_to_the_dicom_outputs(case, tmp_path):
     r = client.get(f"/api/jobs/{job.id}/labels.nii.gz", headers=auth)
     assert r.status_code == 200
     assert (tmp_path / "spool" / "web" / job.id / "labels.nii.gz").is_file()
+
+
+def test_enhanced_multiframe_reference_is_rebuilt_frame_by_frame(tmp_path):
+    """One Enhanced MR instance, frames stored in descending position: every SEG frame lands on
+    the slice of the frame it references, on the same grid as the single-frame series it holds."""
+    from tests.unit.outputs_support import make_enhanced_mr, make_labels, make_mr_series
+    from worker.outputs.seg import build_seg
+
+    series = make_mr_series(12, 32, 28, oblique_deg=10.0)  # ascending along the slice normal
+    mf = make_enhanced_mr(series, reverse=True)  # frame 1 = last slice
+    frames = [12 - k for k in range(12)]  # slice k lies on frame 12 - k
+    labels = make_labels(12, 32, 28)
+    assert {1, 2, 4} <= set(np.unique(labels))
+    seg = build_seg(NativeLabels(labels, [mf] * 12, frame_numbers=frames), model_version="test")
+    src_dir, out = tmp_path / "src", tmp_path / "out"
+    src_dir.mkdir()
+    mf.save_as(src_dir / "mf.dcm", enforce_file_format=True)
+    seg.save_as(tmp_path / "seg.dcm")
+
+    write_viewer_files([src_dir / "mf.dcm"], tmp_path / "seg.dcm", out)
+    lab = nib.load(out / "labels.nii.gz")
+    ref = nib.load(out / "reference.nii.gz")
+    data = np.asanyarray(lab.dataobj).transpose(2, 1, 0)
+    assert np.array_equal(data, labels), "SEG frame f must land on the slice of source frame f"
+
+    # the same slices as single-frame instances give the same grid and pixels
+    single = tmp_path / "single"
+    single.mkdir()
+    paths = []
+    for i, ds in enumerate(series):
+        paths.append(single / f"{i}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    from web.fromdicom import series_volume
+
+    image, affine, uids, frames_back = series_volume(paths)
+    assert frames_back is None and len(set(uids)) == 12
+    assert np.allclose(ref.affine, affine, atol=1e-4)
+    assert np.allclose(np.asanyarray(ref.dataobj), image)
+    vol = load_viewer_volume(out)
+    assert {r["key"] for r in vol.describe()["regions"] if r["present"]} == {
+        "necrotic",
+        "edema",
+        "enhancing",
+    }
