@@ -77,13 +77,19 @@ def augment(
     p_intensity: float = 0.5,
     p_bias: float = 0.3,
     p_gamma: float = 0.3,
+    p_noise: float = 0.0,
+    p_blur: float = 0.0,
+    p_lowres: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch: image (B, C, X, Y, Z) float, regions (B, R, X, Y, Z) float in {0, 1}.
 
     Small rotations and isotropic scaling (probability ``p_spatial``), random flips along each axis,
     a smooth multiplicative bias field per channel (probability ``p_bias``), a per-channel gamma
     (contrast) change (probability ``p_gamma``), and per-channel intensity scale/shift (probability
-    ``p_intensity``). Brain background stays 0.
+    ``p_intensity``). Off by default (``gliomaseg train --scan-quality-aug`` turns them on with
+    nnU-Net's probabilities): Gaussian noise (``p_noise``), Gaussian blur (``p_blur``) and a
+    simulated low acquisition resolution (``p_lowres``), the three standard nnU-Net intensity
+    augmentations this set lacked, for older and thick-slice scans. Brain background stays 0.
     """
     b = image.shape[0]
     if rng.random() < p_spatial:
@@ -106,6 +112,12 @@ def augment(
         if rng.random() < 0.5:
             image = image.flip(axis)
             regions = regions.flip(axis)
+    if rng.random() < p_lowres:
+        image = _low_resolution(image, rng)
+    if rng.random() < p_blur:
+        image = _blur(image, rng)
+    if rng.random() < p_noise:
+        image = _noise(image, rng)
     if rng.random() < p_bias:
         image = _bias_field(image, rng)
     if rng.random() < p_gamma:
@@ -121,6 +133,73 @@ def augment(
         brain = (image != 0).any(dim=1, keepdim=True)
         image = torch.where(brain, image * gain + shift, image)
     return image.contiguous(), regions.contiguous()
+
+
+def _brain_of(image: torch.Tensor) -> torch.Tensor:
+    return (image != 0).any(dim=1, keepdim=True)
+
+
+def _noise(
+    image: torch.Tensor, rng: np.random.Generator, max_variance: float = 0.1
+) -> torch.Tensor:
+    """Additive Gaussian noise inside the brain, variance drawn from [0, ``max_variance``] (nnU-Net)."""
+    sd = float(np.sqrt(rng.uniform(0, max_variance)))
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    noise = torch.randn(image.shape, generator=gen, dtype=image.dtype).to(image.device) * sd
+    return torch.where(_brain_of(image), image + noise, image)
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _blur(
+    image: torch.Tensor,
+    rng: np.random.Generator,
+    sigma_range: tuple[float, float] = (0.5, 1.0),
+    p_channel: float = 0.5,
+) -> torch.Tensor:
+    """Gaussian blur (sigma in voxels) of each channel with probability ``p_channel`` (nnU-Net)."""
+    brain = _brain_of(image)
+    out = image.clone()
+    for ch in range(image.shape[1]):
+        if rng.random() >= p_channel:
+            continue
+        k = _gaussian_kernel(float(rng.uniform(*sigma_range))).to(image.device, image.dtype)
+        r = (len(k) - 1) // 2
+        v = image[:, ch : ch + 1]
+        for axis in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = len(k)
+            pad = [0, 0, 0, 0, 0, 0]
+            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
+            v = F.conv3d(F.pad(v, pad, mode="replicate"), k.view(shape))
+        out[:, ch : ch + 1] = v
+    return torch.where(brain, out, torch.zeros_like(out))
+
+
+def _low_resolution(
+    image: torch.Tensor,
+    rng: np.random.Generator,
+    zoom_range: tuple[float, float] = (0.5, 1.0),
+    p_channel: float = 0.5,
+) -> torch.Tensor:
+    """Simulate a coarser acquisition: each channel (probability ``p_channel``) is downsampled by a
+    zoom drawn from ``zoom_range`` (nearest) and upsampled back (trilinear), as nnU-Net does."""
+    brain = _brain_of(image)
+    out = image.clone()
+    size = tuple(int(n) for n in image.shape[2:])
+    for ch in range(image.shape[1]):
+        if rng.random() >= p_channel:
+            continue
+        zoom = float(rng.uniform(*zoom_range))
+        small = tuple(max(1, int(round(n * zoom))) for n in size)
+        v = F.interpolate(image[:, ch : ch + 1], size=small, mode="nearest")
+        out[:, ch : ch + 1] = F.interpolate(v, size=size, mode="trilinear", align_corners=False)
+    return torch.where(brain, out, torch.zeros_like(out))
 
 
 def _bias_field(

@@ -41,6 +41,7 @@ class TrainConfig:
     poly_power: float = 0.9
     tumour_prob: float = 0.33
     val_every: int = 150
+    scan_quality_aug: bool = False  # + noise, blur, low resolution (model.sampling.augment)
     checkpoint_every: int = 50
     seed: int = 42
     threads: int = 2
@@ -180,6 +181,7 @@ def train(
                     "best": best, "elapsed_s": elapsed_s}, tmp)  # fmt: skip
         os.replace(tmp, ckpt)
 
+    p_noise, p_blur, p_lowres = (0.1, 0.2, 0.25) if cfg.scan_quality_aug else (0.0, 0.0, 0.0)
     net.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=5)
     losses: list[float] = []
@@ -205,7 +207,7 @@ def train(
             regs.append(b)
         x = torch.from_numpy(np.stack(imgs)).to(device)
         y = torch.from_numpy(np.stack(regs)).to(device)
-        x, y = augment(x, y, rng)
+        x, y = augment(x, y, rng, p_noise=p_noise, p_blur=p_blur, p_lowres=p_lowres)
         x = x.contiguous(memory_format=fmt)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             logits = net(x)

@@ -270,3 +270,67 @@ def test_gamma_changes_contrast_keeps_moments_and_background():
     assert torch.equal(torch.argsort(flat_in), torch.argsort(flat_out))
     corr = float(torch.corrcoef(torch.stack([flat_in, flat_out]))[0, 1])
     assert 0.9 < corr < 0.9999
+
+
+def _brain_block(seed: int = 0) -> torch.Tensor:
+    """Two channels of z-scored-like noise in a block; 0 (outside the brain) around it."""
+    rng = np.random.default_rng(seed)
+    x = torch.zeros(1, 2, 16, 16, 16)
+    x[:, :, 3:13, 3:13, 3:13] = torch.from_numpy(
+        rng.normal(0, 1, (1, 2, 10, 10, 10)).astype(np.float32)
+    )
+    return x
+
+
+def test_noise_changes_only_the_brain():
+    from model.sampling import _noise
+
+    x = _brain_block()
+    y = _noise(x, np.random.default_rng(1), max_variance=0.1)
+    assert torch.all(y[:, :, :3] == 0) and torch.all(y[:, :, 13:] == 0)
+    diff = (y - x)[:, :, 3:13, 3:13, 3:13]
+    assert 0 < float(diff.std()) <= float(np.sqrt(0.1)) * 1.1
+
+
+def test_blur_smooths_inside_and_keeps_background():
+    from model.sampling import _blur
+
+    x = _brain_block()
+    y = _blur(x, np.random.default_rng(2), sigma_range=(1.0, 1.0), p_channel=1.0)
+    assert torch.all(y[:, :, :3] == 0) and torch.all(y[:, :, :, :, 13:] == 0)
+    inner = (slice(None), slice(None), slice(5, 11), slice(5, 11), slice(5, 11))
+    # white noise blurred with sigma 1 voxel: neighbours become correlated, variance drops
+    assert float(y[inner].std()) < 0.6 * float(x[inner].std())
+    assert abs(float(y[inner].mean() - x[inner].mean())) < 0.2
+    a, b = y[0, 0, 5:11, 5:11, 5:10].flatten(), y[0, 0, 5:11, 5:11, 6:11].flatten()
+    assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.3
+    # p_channel 0: nothing changes
+    assert torch.equal(_blur(x, np.random.default_rng(2), p_channel=0.0), x)
+
+
+def test_low_resolution_loses_detail_keeps_shape_and_background():
+    from model.sampling import _low_resolution
+
+    x = _brain_block()
+    y = _low_resolution(x, np.random.default_rng(3), zoom_range=(0.5, 0.5), p_channel=1.0)
+    assert y.shape == x.shape
+    assert torch.all(y[:, :, :3] == 0) and torch.all(y[:, :, :, 13:] == 0)
+    inner = (slice(None), slice(None), slice(4, 12), slice(4, 12), slice(4, 12))
+    assert float(y[inner].std()) < 0.8 * float(x[inner].std())
+    # a smooth signal (a ramp across the brain) survives: coarse detail is kept, fine detail lost
+    ramp = torch.zeros(1, 1, 16, 16, 16)
+    ramp[..., 3:13, 3:13, 3:13] = torch.linspace(-2, 2, 10).view(10, 1, 1) + 0.01
+    r = _low_resolution(ramp, np.random.default_rng(3), zoom_range=(0.5, 0.5), p_channel=1.0)
+    a, b = ramp[..., 4:12, 4:12, 4:12].flatten(), r[..., 4:12, 4:12, 4:12].flatten()
+    assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.95
+
+
+def test_augment_with_scan_quality_keeps_shapes_and_background():
+    rng = np.random.default_rng(4)
+    x = _brain_block().repeat(2, 2, 1, 1, 1)  # (2, 4, 16, 16, 16); the block is flip-symmetric
+    y = (torch.rand(2, 3, 16, 16, 16) > 0.5).float()
+    outside = ~(x != 0).any(dim=1, keepdim=True).expand_as(x)
+    for _ in range(5):
+        xa, ya = augment(x, y, rng, p_spatial=0.0, p_noise=1.0, p_blur=1.0, p_lowres=1.0)
+        assert xa.shape == x.shape and ya.shape == y.shape
+        assert torch.all(xa[outside] == 0) and not torch.equal(xa, x)
