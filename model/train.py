@@ -78,6 +78,24 @@ def validate(net, cases, patch, device) -> dict[str, dict[str, float]]:
     return out
 
 
+def earlier_stages(init_meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training history of a bundle a run starts from (``--init-from``), oldest first.
+
+    Its own earlier stages, then one entry for the bundle itself: its weights' hash, the step and
+    training time at which it was written, its configuration and validation scores.
+    """
+    prev = init_meta.get("training", {})
+    stage = {
+        "weights_sha256": init_meta.get("weights_sha256"),
+        "initialised_from": prev.get("initialised_from"),
+        "step": prev.get("step"),
+        "elapsed_s": prev.get("elapsed_s"),
+        "config": prev.get("config"),
+        "validation_at_training_spacing": prev.get("validation_at_training_spacing"),
+    }
+    return [*prev.get("earlier_stages", []), stage]
+
+
 def _log(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -117,6 +135,7 @@ def train(
     step = 0
     best: dict[str, Any] = {"score": -1.0, "step": 0, "dice": {}}
     elapsed_s = 0.0
+    earlier: list[dict[str, Any]] = []  # the stages the initial weights came from
     ckpt = work / "checkpoint.pt"
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -126,6 +145,7 @@ def train(
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         step, best, elapsed_s = state["step"], state["best"], state.get("elapsed_s", 0.0)
+        earlier = state.get("earlier_stages", [])
         _log(log_path, {"event": "resume", "step": step, "time": time.time()})
     elif init_from is not None:
         # No checkpoint (e.g. a fresh machine): start from a bundle's weights, not from zero.
@@ -145,6 +165,7 @@ def train(
         if list(prev.get("split", {}).get("validation", [])) == list(cfg.validation) and prev_val:
             score = float(np.mean(list(prev_val["mean"].values())))
             best = {"score": score, "step": 0, "dice": prev_val.get("cases", {})}
+        earlier = earlier_stages(init_meta)
         _log(log_path, {"event": "init", "from": str(init_from), "previous_step": prev.get("step"),
                         "best": best["score"], "time": time.time()})  # fmt: skip
 
@@ -167,6 +188,8 @@ def train(
     }  # fmt: skip
     if init_from is not None:
         base_meta["training"]["initialised_from"] = str(init_from)
+    if earlier:
+        base_meta["training"]["earlier_stages"] = earlier
     if extra_meta:
         base_meta.update(extra_meta)
     if step == 0:
@@ -178,7 +201,7 @@ def train(
         tmp = work / "checkpoint.pt.tmp"
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "scaler": scaler.state_dict(),
                     "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                    "best": best, "elapsed_s": elapsed_s}, tmp)  # fmt: skip
+                    "best": best, "elapsed_s": elapsed_s, "earlier_stages": earlier}, tmp)  # fmt: skip
         os.replace(tmp, ckpt)
 
     p_noise, p_blur, p_lowres = (0.1, 0.2, 0.25) if cfg.scan_quality_aug else (0.0, 0.0, 0.0)

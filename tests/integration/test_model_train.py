@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from gliomaseg.cli import cli
@@ -80,8 +81,14 @@ def test_prepare_train_resume_and_predict(synthetic: Path, tmp_path: Path, monke
     work2, bundle2 = tmp_path / "work2", tmp_path / "bundle2"
     args2 = [a if a not in (str(work), str(bundle)) else (str(work2) if a == str(work) else str(bundle2))
              for a in args]  # fmt: skip
-    r = runner.invoke(cli, [*args2, "--steps", "2", "--init-from", str(bundle)])
+    r = runner.invoke(
+        cli, [*args2, "--steps", "2", "--init-from", str(bundle), "--scan-quality-aug"]
+    )
     assert r.exit_code == 0, r.output
+    state = torch.load(work2 / "checkpoint.pt", weights_only=False)
+    first = load_bundle(bundle, device="cpu").metadata
+    assert [e["weights_sha256"] for e in state["earlier_stages"]] == [first["weights_sha256"]]
+    assert state["earlier_stages"][0]["step"] == 4
     events = [json.loads(line) for line in (work2 / "train_log.jsonl").read_text().splitlines()]
     init = [e for e in events if e["event"] == "init"]
     prev = load_bundle(bundle, device="cpu").metadata["training"]
@@ -90,6 +97,10 @@ def test_prepare_train_resume_and_predict(synthetic: Path, tmp_path: Path, monke
     assert init[0]["best"] == pytest.approx(prev_score)
     improved = [e for e in events if e["event"] == "validation" and e["improved"]]
     assert bundle2.exists() == bool(improved)
+    if improved:
+        second = load_bundle(bundle2, device="cpu").metadata["training"]
+        assert second["config"]["scan_quality_aug"] is True
+        assert second["earlier_stages"] == state["earlier_stages"]
 
     b = load_bundle(bundle, device="cpu")
     case = nib.as_closest_canonical(

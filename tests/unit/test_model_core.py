@@ -334,3 +334,19 @@ def test_augment_with_scan_quality_keeps_shapes_and_background():
         xa, ya = augment(x, y, rng, p_spatial=0.0, p_noise=1.0, p_blur=1.0, p_lowres=1.0)
         assert xa.shape == x.shape and ya.shape == y.shape
         assert torch.all(xa[outside] == 0) and not torch.equal(xa, x)
+
+
+def test_earlier_stages_carry_the_history_of_the_starting_bundle():
+    from model.train import earlier_stages
+
+    stage1 = {"weights_sha256": "a" * 64, "training": {"step": 1100, "elapsed_s": 5000.0}}
+    hist1 = earlier_stages(stage1)
+    assert hist1 == [
+        {"weights_sha256": "a" * 64, "initialised_from": None, "step": 1100, "elapsed_s": 5000.0,
+         "config": None, "validation_at_training_spacing": None}
+    ]  # fmt: skip
+    stage2 = {"weights_sha256": "b" * 64,
+              "training": {"step": 1700, "initialised_from": "x", "earlier_stages": hist1}}  # fmt: skip
+    hist2 = earlier_stages(stage2)
+    assert [h["weights_sha256"] for h in hist2] == ["a" * 64, "b" * 64]
+    assert hist2[1]["step"] == 1700 and hist2[1]["initialised_from"] == "x"
