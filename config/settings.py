@@ -159,7 +159,7 @@ class RoutingSettings(_Section):
 class ModelSettings(_Section):
     bundle: Path = DEFAULT_BUNDLE
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    tta: bool = False
+    tta: bool = True  # mirror TTA: +0.004 to +0.009 Dice at ~7x the network time (MODEL_CARD.md)
     threads: int = Field(0, ge=0)  # 0: torch's default
 
 
