@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -156,6 +157,22 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
+def _per_channel(
+    image: torch.Tensor,
+    rng: np.random.Generator,
+    p_channel: float,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Apply ``transform`` to each channel (B, 1, X, Y, Z) with probability ``p_channel``; 0 outside
+    the brain afterwards."""
+    brain = _brain_of(image)
+    out = image.clone()
+    for ch in range(image.shape[1]):
+        if rng.random() < p_channel:
+            out[:, ch : ch + 1] = transform(image[:, ch : ch + 1])
+    return torch.where(brain, out, torch.zeros_like(out))
+
+
 def _blur(
     image: torch.Tensor,
     rng: np.random.Generator,
@@ -163,22 +180,19 @@ def _blur(
     p_channel: float = 0.5,
 ) -> torch.Tensor:
     """Gaussian blur (sigma in voxels) of each channel with probability ``p_channel`` (nnU-Net)."""
-    brain = _brain_of(image)
-    out = image.clone()
-    for ch in range(image.shape[1]):
-        if rng.random() >= p_channel:
-            continue
+
+    def blur(v: torch.Tensor) -> torch.Tensor:
         k = _gaussian_kernel(float(rng.uniform(*sigma_range))).to(image.device, image.dtype)
         r = (len(k) - 1) // 2
-        v = image[:, ch : ch + 1]
         for axis in range(3):
             shape = [1, 1, 1, 1, 1]
             shape[2 + axis] = len(k)
             pad = [0, 0, 0, 0, 0, 0]
             pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
             v = F.conv3d(F.pad(v, pad, mode="replicate"), k.view(shape))
-        out[:, ch : ch + 1] = v
-    return torch.where(brain, out, torch.zeros_like(out))
+        return v
+
+    return _per_channel(image, rng, p_channel, blur)
 
 
 def _low_resolution(
@@ -189,17 +203,15 @@ def _low_resolution(
 ) -> torch.Tensor:
     """Simulate a coarser acquisition: each channel (probability ``p_channel``) is downsampled by a
     zoom drawn from ``zoom_range`` (nearest) and upsampled back (trilinear), as nnU-Net does."""
-    brain = _brain_of(image)
-    out = image.clone()
     size = tuple(int(n) for n in image.shape[2:])
-    for ch in range(image.shape[1]):
-        if rng.random() >= p_channel:
-            continue
+
+    def coarsen(v: torch.Tensor) -> torch.Tensor:
         zoom = float(rng.uniform(*zoom_range))
         small = tuple(max(1, int(round(n * zoom))) for n in size)
-        v = F.interpolate(image[:, ch : ch + 1], size=small, mode="nearest")
-        out[:, ch : ch + 1] = F.interpolate(v, size=size, mode="trilinear", align_corners=False)
-    return torch.where(brain, out, torch.zeros_like(out))
+        v = F.interpolate(v, size=small, mode="nearest")
+        return F.interpolate(v, size=size, mode="trilinear", align_corners=False)
+
+    return _per_channel(image, rng, p_channel, coarsen)
 
 
 def _bias_field(
